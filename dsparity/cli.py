@@ -1,0 +1,348 @@
+"""The `dsparity` command."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from dsparity.errors import DsparityError
+from dsparity.evals.specs import DEFAULT_CANDIDATE, SERVED_DEFAULT_LABEL
+from dsparity.model.loading import DEFAULT_MODEL
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Evidence for (or against) parity of a sparse-attention model with its "
+                       "dense baseline.")
+tasks_app = typer.Typer(no_args_is_help=True, help="List and validate task suites.")
+app.add_typer(tasks_app, name="tasks")
+console = Console(stderr=True)
+out = Console()
+
+DEFAULT_SUITE = "smoke"
+
+Db = Annotated[str | None, typer.Option("--db", help="SQLAlchemy URL of the results store "
+                                        "[default: sqlite:///results/dsparity.db or $DSPARITY_DB]")]
+Suite = Annotated[str | None, typer.Option("--suite", help="Comma-separated suites [default: smoke]")]
+TaskNames = Annotated[str | None, typer.Option("--tasks", help="Comma-separated task names")]
+Limit = Annotated[int | None, typer.Option("--limit", min=1, help="At most N items per task")]
+Repeats = Annotated[int, typer.Option("--repeats", min=1, help="Samples per item (sampled decoding)")]
+Include = Annotated[list[Path] | None, typer.Option("--include", help="Extra task folder(s)")]
+Margin = Annotated[float, typer.Option("--margin", min=0.0, max=1.0,
+                                       help="Equivalence margin in score units (0.05 = 5 points)")]
+OutDir = Annotated[Path, typer.Option("--out", help="Folder for the reports")]
+
+
+def _split(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+def _load_tasks(suite: str | None, tasks: str | None, limit: int | None, include: list[Path] | None):
+    from dsparity.evals.tasks import load_tasks
+
+    suites = _split(suite) or (None if tasks else [DEFAULT_SUITE])
+    return load_tasks(suites=suites, names=_split(tasks), limit=limit, include=include)
+
+
+@app.command()
+def run(
+    model: Annotated[str, typer.Option("--model", help="Model spec, e.g. local:smollm2-135m-instruct")],
+    suite: Suite = None, tasks: TaskNames = None, limit: Limit = None, repeats: Repeats = 1,
+    seed: Annotated[int, typer.Option(help="Seed for sampled decoding")] = 0,
+    db: Db = None, include: Include = None,
+    fresh: Annotated[bool, typer.Option(help="Start a new run even if this one exists")] = False,
+) -> None:
+    """Run one model over tasks, store every sample, grade it. Re-running resumes."""
+    from dsparity.evals.runner import RunSettings, execute_run
+    from dsparity.evals.specs import parse_spec
+    from dsparity.evals.store import Store
+
+    spec = parse_spec(model, source="--model")
+    task_specs = _load_tasks(suite, tasks, limit, include)
+    settings = RunSettings(suite=suite or tasks or DEFAULT_SUITE, limit=limit, repeats=repeats,
+                           seed=seed, fresh=fresh)
+
+    async def go():
+        from dsparity.evals.backends import make_backend
+
+        backend = make_backend(spec)
+        await backend.start()  # validate the model before the store is touched
+        return await execute_run(spec, task_specs, settings, Store(db), backend=backend)
+
+    result = asyncio.run(go())
+    _print_run(result, db)
+
+
+def _print_run(result, db) -> None:
+    from dsparity.evals.store import Store
+
+    verb = "resumed" if result.resumed else "created"
+    out.print(f"run {result.run_id} ({verb}): {result.sent} requests sent, {result.from_cache} from "
+              f"cache, {result.skipped} already answered, {result.errors} errors")
+    grades = Store(db).grades(result.run_id)
+    by_task: dict[str, list[float]] = {}
+    for k, g in grades.items():
+        by_task.setdefault(k.task, []).append(g["score"])
+    for task, scores in sorted(by_task.items()):
+        out.print(f"  {task}: {100 * sum(scores) / len(scores):.1f}% of {len(scores)}")
+
+
+@app.command()
+def compare(
+    candidate: Annotated[str, typer.Option(help="Candidate model spec")] = DEFAULT_CANDIDATE,
+    baseline: Annotated[str | None, typer.Option(
+        help="Baseline model spec [default: the dense default model served by `dsparity serve` "
+             "on loopback, started and stopped by this command]")] = None,
+    suite: Suite = None, tasks: TaskNames = None, limit: Limit = None,
+    repeats: Repeats = 1, seed: int = 0, db: Db = None, include: Include = None,
+    margin: Margin = 0.05, out_dir: OutDir = Path("results/reports"),
+) -> None:
+    """Run both models on the same items, grade, pair, and write the parity report."""
+    from dsparity.evals.runner import RunSettings
+    from dsparity.evals.specs import parse_spec
+
+    cand_spec = parse_spec(candidate, source="--candidate")
+    base_spec = parse_spec(baseline, source="--baseline") if baseline else None
+    task_specs = _load_tasks(suite, tasks, limit, include)
+    with _served_default() if base_spec is None else contextlib.nullcontext(base_spec) as served:
+        settings = RunSettings(suite=suite or tasks or DEFAULT_SUITE, limit=limit,
+                               repeats=repeats, seed=seed)
+        asyncio.run(_compare(cand_spec, served, task_specs, settings, db, margin, out_dir))
+
+
+async def _compare(cand_spec, base_spec, task_specs, settings, db, margin, out_dir) -> None:
+    from dsparity.evals.backends import make_backend
+    from dsparity.evals.compare import compare_runs
+    from dsparity.evals.runner import execute_run
+    from dsparity.evals.store import Store
+
+    base_backend = make_backend(base_spec)
+    await base_backend.start()  # cheap preflight first: a wrong URL fails before any model loads
+    cand_backend = make_backend(cand_spec)
+    await cand_backend.start()
+    store = Store(db)
+    console.print(f"[bold]candidate[/] {cand_spec.label}")
+    cand = await execute_run(cand_spec, task_specs, settings, store, backend=cand_backend)
+    console.print(f"[bold]baseline[/] {base_spec.label}")
+    base = await execute_run(base_spec, task_specs, settings, store, backend=base_backend)
+    comparison = compare_runs(store, cand.run_id, base.run_id, margin=margin)
+    _write_report(store, comparison, out_dir)
+
+
+def _write_report(store, comparison, out_dir: Path) -> None:
+    from dsparity.evals.report import render
+
+    cid = store.put_comparison(comparison["candidate"]["id"], comparison["baseline"]["id"],
+                               comparison["margin"], comparison["alpha"], comparison)
+    paths = render(comparison, out_dir, name=f"comparison-{cid}")
+    overall = comparison["overall"]
+    table = Table(title=f"{comparison['candidate']['label']} vs {comparison['baseline']['label']}")
+    for col in ("task", "n", "candidate %", "baseline %", "diff (pts)", "95% CI", "verdict"):
+        table.add_column(col)
+    for t in comparison["tasks"]:
+        ci = t.get("ci95") or [None, None]
+        table.add_row(t["task"], str(t["n"]), _pct(t["mean_a"]), _pct(t["mean_b"]),
+                      _pct(t["diff"], signed=True),
+                      f"[{_pct(ci[0], signed=True)}, {_pct(ci[1], signed=True)}]", t["verdict"])
+    out.print(table)
+    out.print(f"overall: {overall['verdict']} (margin ±{100 * comparison['margin']:.1f} points, "
+              f"{overall['n']} paired items)")
+    out.print(f"report: {paths['html']}\n        {paths['md']}\n        {paths['json']}")
+
+
+def _pct(v, signed: bool = False) -> str:
+    if v is None:
+        return "n/a"
+    return f"{100 * v:+.1f}" if signed else f"{100 * v:.1f}"
+
+
+@contextlib.contextmanager
+def _served_default():
+    """Serve the dense default model on a free loopback port for the duration of a compare."""
+    from dsparity.evals.specs import parse_spec
+    from dsparity.model.loading import EMBEDDED
+
+    port = _free_port()
+    cmd = [sys.executable, "-m", "dsparity.cli", "serve", "--model", f"local:{DEFAULT_MODEL}",
+           "--port", str(port), "--name", DEFAULT_MODEL, "--quiet"]
+    console.print(f"[bold]baseline server[/] dsparity serve on 127.0.0.1:{port}")
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
+    try:
+        _wait_healthy(proc, port)
+        revision = EMBEDDED[DEFAULT_MODEL].sha256[:16]
+        yield parse_spec(f"openai:{DEFAULT_MODEL}@http://127.0.0.1:{port}/v1?label={SERVED_DEFAULT_LABEL}"
+                         f"&revision={revision}&concurrency=1&timeout=600")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_healthy(proc: subprocess.Popen, port: int, timeout: float = 600) -> None:
+    import httpx
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise DsparityError("dsparity serve", "baseline server", f"exited with code {proc.returncode}",
+                                "see its output above")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).json().get("status") == "ok":
+                return
+        time.sleep(0.5)
+    raise DsparityError("dsparity serve", "baseline server", "did not become healthy in time", "")
+
+
+@app.command()
+def report(
+    candidate_run: Annotated[str, typer.Argument(help="Run id of the candidate")],
+    baseline_run: Annotated[str, typer.Argument(help="Run id of the baseline")],
+    margin: Margin = 0.05, db: Db = None, out_dir: OutDir = Path("results/reports"),
+) -> None:
+    """Re-make a comparison from two stored runs (e.g. with a new margin) without re-running."""
+    from dsparity.evals.compare import compare_runs
+
+    store = _existing_store(db)
+    comparison = compare_runs(store, candidate_run, baseline_run, margin=margin)
+    _write_report(store, comparison, out_dir)
+
+
+@app.command()
+def grade(run_id: Annotated[str, typer.Argument(help="Run id")], db: Db = None) -> None:
+    """Re-grade a stored run with the current graders, without re-generating."""
+    from dsparity.evals.runner import grade_run
+
+    store = _existing_store(db)
+    n = grade_run(store, store.run(run_id)["id"], replace=True)
+    out.print(f"graded {n} samples")
+
+
+@app.command()
+def runs(db: Db = None) -> None:
+    """List stored runs."""
+    store = _existing_store(db)
+    table = Table()
+    for col in ("run", "model", "suite", "status", "samples", "created"):
+        table.add_column(col)
+    for r in store.list_runs():
+        table.add_row(r["id"], r["label"], r["suite"], r["status"],
+                      str(sum(t["n_items"] for t in r["tasks"].values())),
+                      time.strftime("%Y-%m-%d %H:%M", time.localtime(r["created_at"])))
+    out.print(table)
+
+
+def _existing_store(db: str | None):
+    from dsparity.evals.store import Store, default_url
+
+    url = db or default_url()
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        raise DsparityError("--db", url, "no results database there", "run `dsparity run` or "
+                            "`dsparity compare` first, or pass --db")
+    return Store(url)
+
+
+@app.command()
+def serve(
+    model: Annotated[str, typer.Option("--model", help="Local model spec")] = DEFAULT_CANDIDATE,
+    host: Annotated[str, typer.Option(help="Bind address")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port")] = 8000,
+    name: Annotated[str | None, typer.Option(help="Model id clients use [default: the spec]")] = None,
+    quiet: Annotated[bool, typer.Option(help="No access log")] = False,
+) -> None:
+    """Serve a local model over the OpenAI chat-completions API."""
+    import uvicorn
+
+    from dsparity.evals.backends.local import LocalBackend
+    from dsparity.evals.server import create_app
+    from dsparity.evals.specs import parse_spec
+
+    spec = parse_spec(model, source="--model")
+    if spec.kind != "local":
+        raise DsparityError("--model", model, "serve needs a local: model",
+                            "e.g. local:smollm2-135m-instruct")
+    backend = LocalBackend(spec)
+    backend.load()
+    console.print(f"serving {spec.text} as {name or spec.text!r} on http://{host}:{port}/v1")
+    uvicorn.run(create_app(backend, name or spec.text), host=host, port=port,
+                log_level="warning" if quiet else "info", access_log=not quiet)
+
+
+@tasks_app.command("list")
+def tasks_list(include: Include = None) -> None:
+    """Suites and tasks with their item counts and graders."""
+    from dsparity.evals.tasks import BUILTIN_TASKS, build_items, scan
+
+    dirs = [BUILTIN_TASKS, *(include or [])]
+    specs, problems = scan(dirs)
+    build_items(list(specs.values()), dirs, limit=None)
+    table = Table()
+    for col in ("suite", "task", "items", "grader", "file"):
+        table.add_column(col)
+    for s in sorted(specs.values(), key=lambda s: (s.suite, s.name)):
+        table.add_row(s.suite, s.name, str(s.n_docs), s.grader, str(s.yaml_path))
+    out.print(table)
+    for p in problems:
+        console.print(f"[red]broken:[/] {p.line()}")
+
+
+@tasks_app.command("validate")
+def tasks_validate(include: Include = None) -> None:
+    """Check every task file; report each problem with file, field and fix."""
+    from dsparity.evals.tasks import BUILTIN_TASKS, build_items, scan
+
+    dirs = [BUILTIN_TASKS, *(include or [])]
+    specs, problems = scan(dirs)
+    for name, spec in specs.items():
+        try:
+            build_items([spec], dirs, limit=1)
+        except DsparityError as exc:
+            problems.append(DsparityError(str(spec.yaml_path), name, exc.problem, exc.fix))
+    for p in problems:
+        out.print(p.line())
+    out.print(f"{len(specs)} tasks, {len(problems)} problems")
+    if problems:
+        raise typer.Exit(1)
+
+
+def _register_optional_commands() -> None:
+    with contextlib.suppress(ImportError):
+        from dsparity.model.cli import warmup
+
+        app.command("warmup")(warmup)
+
+
+_register_optional_commands()
+
+
+def main() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        app()
+    except DsparityError as exc:
+        console.print(f"[red]error:[/] {exc.line()}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        console.print("interrupted: finished samples are stored; re-run the command to resume")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""Pair two runs item by item and turn the paired scores into per-task and overall verdicts."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from dsparity.evals import stats
+from dsparity.evals.store import Store
+
+DEFAULT_MARGIN = 0.05  # 5 points: a difference a user of the smoke-sized suites could notice
+DEFAULT_ALPHA = 0.05
+
+
+@dataclass(frozen=True)
+class PairKey:
+    task: str
+    doc_id: int
+    doc_hash: str
+    prompt_hash: str
+    repeat: int
+
+
+def _scored(store: Store, run_id: str) -> tuple[dict[PairKey, dict], dict[str, dict[str, int]]]:
+    """Samples with their grade, keyed for pairing, and per-task counts of what was not scored."""
+    grades = store.grades(run_id)
+    rows: dict[PairKey, dict] = {}
+    counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for s in store.samples(run_id):
+        key = PairKey(s["task"], s["doc_id"], s["doc_hash"], s["prompt_hash"], s["repeat"])
+        c = counts[s["task"]]
+        c["samples"] += 1
+        c["output_tokens"] += s["completion_tokens"]
+        c["reasoning_tokens"] += s["reasoning_tokens"]
+        c["prompt_tokens"] += s["prompt_tokens"]
+        c["latency_ms"] += int(1000 * s["latency_s"])
+        if s["error"] is not None:
+            c["errors"] += 1
+            continue
+        if s["finish_reason"] == "length":
+            c["hit_length_limit"] += 1
+        grade = grades.get(_sample_key(s))
+        if grade is None:
+            c["ungraded"] += 1
+            continue
+        rows[key] = s | {"score": grade["score"], "passed": grade["passed"],
+                         "grade_details": grade["details"]}
+    return rows, {t: dict(v) for t, v in counts.items()}
+
+
+def _sample_key(s: dict):
+    from dsparity.evals.store import SampleKey
+
+    return SampleKey(s["task"], s["doc_id"], s["repeat"])
+
+
+def compare_runs(store: Store, candidate_run: str, baseline_run: str, *,
+                 margin: float = DEFAULT_MARGIN, alpha: float = DEFAULT_ALPHA,
+                 iters: int = 10_000, seed: int = 0) -> dict[str, Any]:
+    """The comparison as plain data (what the store keeps and every report renders)."""
+    cand_run, base_run = store.run(candidate_run), store.run(baseline_run)
+    cand, cand_counts = _scored(store, cand_run["id"])
+    base, base_counts = _scored(store, base_run["id"])
+    paired = sorted(set(cand) & set(base), key=lambda k: (k.task, k.doc_id, k.repeat))
+    by_task: dict[str, list[PairKey]] = defaultdict(list)
+    for key in paired:
+        by_task[key.task].append(key)
+    tasks = sorted(set(cand_run["tasks"]) | set(base_run["tasks"]))
+    per_task = [_task_result(t, by_task.get(t, []), cand, base, cand_counts.get(t, {}),
+                             base_counts.get(t, {}), margin, alpha, iters, seed) for t in tasks]
+    return {
+        "margin": margin, "alpha": alpha,
+        "candidate": _run_summary(cand_run), "baseline": _run_summary(base_run),
+        "tasks": per_task,
+        "overall": _overall(per_task, margin),
+        "disagreements": _disagreements(paired, cand, base),
+        "unpaired": {"candidate_only": len(set(cand) - set(base)),
+                     "baseline_only": len(set(base) - set(cand))},
+    }
+
+
+def _run_summary(run: dict) -> dict[str, Any]:
+    return {k: run[k] for k in ("id", "label", "model_spec", "identity", "suite", "settings",
+                                "provenance", "tasks", "status", "created_at")}
+
+
+def _task_result(task, keys, cand, base, cand_counts, base_counts, margin, alpha, iters, seed):
+    # One score per document: repeats of a document are averaged (the clustered unit, grading.md 5.1).
+    per_doc_a, per_doc_b = defaultdict(list), defaultdict(list)
+    for k in keys:
+        per_doc_a[k.doc_id].append(cand[k]["score"])
+        per_doc_b[k.doc_id].append(base[k]["score"])
+    docs = sorted(per_doc_a)
+    a = np.array([np.mean(per_doc_a[d]) for d in docs], dtype=float)
+    b = np.array([np.mean(per_doc_b[d]) for d in docs], dtype=float)
+    result = stats.compare_scores(a, b, margin=margin, alpha=alpha, iters=iters, seed=seed)
+    return {"task": task, **_jsonable(result.to_dict()),
+            "candidate_counts": cand_counts, "baseline_counts": base_counts}
+
+
+def _overall(per_task: list[dict], margin: float) -> dict[str, Any]:
+    """Tasks weigh equally (macro average, grading.md 5.5): a big task cannot hide a small one."""
+    usable = [t for t in per_task if t["n"] >= 2 and t["se"] is not None]
+    n_items = sum(t["n"] for t in per_task)
+    if not usable:
+        return {"n": n_items, "verdict": stats.Verdict.INCONCLUSIVE.value, "diff": None,
+                "method": "none: too few paired items"}
+    diff, se = stats.macro_difference([t["diff"] for t in usable], [t["se"] for t in usable])
+    ci90 = (diff - 1.6449 * se, diff + 1.6449 * se)
+    ci95 = (diff - 1.96 * se, diff + 1.96 * se)
+    verdict = stats.verdict(diff, ci90, ci95, margin)
+    return {"n": n_items, "tasks": len(usable), "diff": diff, "se": se, "ci90": list(ci90),
+            "ci95": list(ci95), "verdict": verdict.value,
+            "method": "macro average over tasks, normal CI"}
+
+
+def _disagreements(paired, cand, base, limit: int = 200) -> list[dict[str, Any]]:
+    out = []
+    for k in paired:
+        if cand[k]["score"] == base[k]["score"]:
+            continue
+        c, b = cand[k], base[k]
+        out.append({"task": k.task, "doc_id": k.doc_id, "repeat": k.repeat,
+                    "prompt": c["request"]["messages"][-1]["content"], "target": c["target"],
+                    "candidate": {"text": c["text"], "score": c["score"], "details": c["grade_details"]},
+                    "baseline": {"text": b["text"], "score": b["score"], "details": b["grade_details"]}})
+        if len(out) >= limit:
+            break
+    return out
+
+
+def _jsonable(d: dict) -> dict:
+    def fix(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, tuple | list):
+            return [fix(x) for x in v]
+        if isinstance(v, np.generic):
+            return fix(v.item())
+        return v
+
+    return {k: fix(v) for k, v in d.items()}

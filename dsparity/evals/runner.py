@@ -1,0 +1,152 @@
+"""Run one model over tasks: request -> backend -> durable sample row -> grade row.
+
+Each answer is written the moment it arrives, together with its cache entry, so a killed run
+loses at most the requests in flight, and re-running the same command resumes without sending a
+finished request again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from dsparity.evals import provenance
+from dsparity.evals.backends import Backend, identity_key, make_backend
+from dsparity.evals.graders import GradeInput, get_grader
+from dsparity.evals.specs import ModelSpec
+from dsparity.evals.store import SampleKey, Store
+from dsparity.evals.tasks import TaskItem, TaskSpec
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    suite: str
+    limit: int | None = None
+    repeats: int = 1
+    seed: int = 0
+    temperature: float | None = None  # None: the task's own setting (greedy by default)
+    fresh: bool = False  # a new run even if an identical one exists
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"suite": self.suite, "limit": self.limit, "repeats": self.repeats,
+                "seed": self.seed, "temperature": self.temperature}
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    resumed: bool
+    sent: int = 0  # requests actually sent to the backend
+    from_cache: int = 0
+    errors: int = 0
+    skipped: int = 0  # already answered before this invocation
+    error_classes: dict[str, int] = field(default_factory=dict)
+
+
+def _request_for(item: TaskItem, repeat: int, settings: RunSettings):
+    request = item.request
+    if settings.temperature is not None:
+        request = replace(request, temperature=settings.temperature)
+    if request.temperature > 0:  # sampled: each repeat is its own draw, seeded reproducibly
+        request = replace(request, seed=settings.seed + repeat)
+    return request
+
+
+async def execute_run(spec: ModelSpec, tasks: list[TaskSpec], settings: RunSettings, store: Store,
+                      *, backend: Backend | None = None, show_progress: bool = True) -> RunResult:
+    """Generate and grade every (task, doc, repeat) not yet answered in this run."""
+    backend = backend or make_backend(spec)
+    await backend.start()
+    try:
+        run_id, resumed = _open_run(store, spec, backend, tasks, settings)
+        result = RunResult(run_id, resumed)
+        await _generate_all(store, backend, tasks, settings, result, show_progress)
+        grade_run(store, run_id)
+        store.finish_run(run_id, "complete")
+        return result
+    finally:
+        await backend.close()
+
+
+def _open_run(store: Store, spec: ModelSpec, backend: Backend, tasks: list[TaskSpec],
+              settings: RunSettings) -> tuple[str, bool]:
+    task_info = {t.name: {"task_hash": t.task_hash, "n_items": len(t.items), "n_docs": t.n_docs,
+                          "grader": t.grader, "settings": t.settings, "suite": t.suite}
+                 for t in tasks}
+    key_parts = [backend.identity, task_info, settings.to_dict()]
+    if settings.fresh:
+        key_parts.append(uuid.uuid4().hex)
+    run_key = hashlib.sha256(json.dumps(key_parts, sort_keys=True, default=str).encode())
+    return store.find_or_create_run(
+        run_key.hexdigest(),
+        model_spec=spec.text, label=spec.label, identity=backend.identity, suite=settings.suite,
+        tasks=task_info, settings=settings.to_dict(),
+        provenance=provenance.collect() | {"seed": settings.seed})
+
+
+async def _generate_all(store: Store, backend: Backend, tasks: list[TaskSpec],
+                        settings: RunSettings, result: RunResult, show_progress: bool) -> None:
+    done = store.answered(result.run_id)
+    model_key = identity_key(backend.identity)
+    todo = [(item, r) for t in tasks for item in t.items for r in range(settings.repeats)
+            if SampleKey(item.task, item.doc_id, r) not in done]
+    result.skipped = sum(len(t.items) for t in tasks) * settings.repeats - len(todo)
+    slots = asyncio.Semaphore(max(1, backend.concurrency))
+
+    async def one(item: TaskItem, repeat: int) -> None:
+        request = _request_for(item, repeat, settings)
+        draw = repeat if request.temperature > 0 else 0
+        cache_key = hashlib.sha256(f"{model_key}:{request.key()}:{draw}".encode()).hexdigest()
+        completion = await asyncio.to_thread(store.cached, cache_key)
+        cached = completion is not None
+        if completion is None:
+            async with slots:
+                completion = await backend.generate(request)
+            result.sent += 1
+        else:
+            result.from_cache += 1
+        fields = dict(doc_hash=item.doc_hash, prompt_hash=item.prompt_hash, target=item.target,
+                      doc=item.doc, request=request.to_dict(), cached=int(cached))
+        await asyncio.to_thread(store.record, result.run_id,
+                                SampleKey(item.task, item.doc_id, repeat), fields, completion,
+                                cache_key)
+        if completion.error:
+            result.errors += 1
+            cls = completion.error_class or "unknown"
+            result.error_classes[cls] = result.error_classes.get(cls, 0) + 1
+        advance()
+
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), disable=not show_progress, transient=False) as bar:
+        job = bar.add_task(f"{backend.identity.get('model')} ", total=len(todo))
+
+        def advance() -> None:
+            bar.advance(job)
+
+        await asyncio.gather(*(one(item, r) for item, r in todo))
+
+
+def grade_run(store: Store, run_id: str, *, replace: bool = False) -> int:
+    """Grade answered samples that have no grade yet (all of them with replace=True)."""
+    run = store.run(run_id)
+    existing = {} if replace else store.grades(run_id)
+    rows = []
+    for s in store.samples(run_id):
+        key = SampleKey(s["task"], s["doc_id"], s["repeat"])
+        if s["error"] is not None or key in existing:
+            continue  # an infrastructure error is not a wrong answer: it gets no grade
+        info = run["tasks"][s["task"]]
+        grade = get_grader(info["grader"])(
+            GradeInput(s["text"], s["target"], s["doc"], s["finish_reason"]), info["settings"])
+        rows.append(dict(task=s["task"], doc_id=s["doc_id"], repeat=s["repeat"],
+                         grader=info["grader"], score=grade.score,
+                         passed=None if grade.passed is None else int(grade.passed),
+                         details=grade.details))
+    store.put_grades(run_id, rows, replace=replace)
+    return len(rows)

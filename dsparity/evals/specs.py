@@ -1,0 +1,124 @@
+"""Model specs: one string names a model everywhere (CLI, job files, store).
+
+    local:NAME_OR_PATH[?key=value&...]          e.g. local:smollm2-135m-instruct?attention=dsa&topk=256
+    openai:MODEL@BASE_URL[?key=value&...]       e.g. openai:deepseek-chat@https://api.deepseek.com
+
+Keys are validated here, so a typo fails before anything runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from urllib.parse import parse_qsl, urlparse
+
+from dsparity.errors import DsparityError
+from dsparity.model.loading import DEFAULT_MODEL
+
+DEFAULT_CANDIDATE = f"local:{DEFAULT_MODEL}"
+SERVED_DEFAULT_LABEL = f"dsparity-serve/{DEFAULT_MODEL}"  # the default baseline, over the API
+
+LOCAL_KEYS = {
+    "attention": "dense | dsa",
+    "topk": "DSA top-k budget (int)",
+    "dtype": "float32 | bfloat16 | float16",
+    "device": "cpu | cuda | auto",
+    "threads": "torch CPU threads (int)",
+    "max_batch": "requests batched together (int)",
+    "label": "name used in reports instead of the spec",
+}
+OPENAI_KEYS = {
+    "api_key_env": "environment variable holding the key (default OPENAI_API_KEY)",
+    "concurrency": "requests in flight (int)",
+    "timeout": "seconds per attempt (float)",
+    "retries": "attempts after the first on 429/5xx/network errors (int)",
+    "label": "identify the endpoint by this name instead of its URL",
+    "revision": "model revision recorded in provenance",
+    "stream": "true | false",
+}
+INT_KEYS = {"topk", "threads", "max_batch", "concurrency", "retries"}
+FLOAT_KEYS = {"timeout"}
+CHOICES = {
+    "attention": {"dense", "dsa"},
+    "dtype": {"float32", "bfloat16", "float16"},
+    "device": {"cpu", "cuda", "auto"},
+    "stream": {"true", "false"},
+}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    kind: str  # "local" | "openai"
+    name: str  # model name or path (local) / model id (openai)
+    base_url: str | None = None
+    options: dict[str, str | int | float] = field(default_factory=dict)
+    text: str = ""  # the spec as written
+
+    @property
+    def label(self) -> str:
+        return str(self.options.get("label") or self.text)
+
+    def opt(self, key: str, default=None):
+        return self.options.get(key, default)
+
+
+def parse_spec(text: str, *, source: str = "model spec") -> ModelSpec:
+    """Parse and validate a model spec string; raise DsparityError naming the bad part."""
+    text = text.strip()
+    kind, sep, rest = text.partition(":")
+    if not sep or kind not in ("local", "openai"):
+        raise DsparityError(source, repr(text), "must start with `local:` or `openai:`",
+                            "e.g. local:smollm2-135m-instruct or openai:deepseek-chat@https://api.deepseek.com")
+    body, _, query = rest.partition("?")
+    options = _parse_options(query, LOCAL_KEYS if kind == "local" else OPENAI_KEYS, source, text)
+    if kind == "local":
+        if not body:
+            raise DsparityError(source, repr(text), "no model after `local:`",
+                                "write local:NAME_OR_PATH")
+        return ModelSpec("local", body, None, options, text)
+    model, at, url = body.rpartition("@")
+    if not at or not model or not url:
+        raise DsparityError(source, repr(text), "an openai spec needs MODEL@BASE_URL",
+                            "e.g. openai:deepseek-chat@https://api.deepseek.com")
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise DsparityError(source, repr(text), f"base URL {url!r} is not an http(s) URL",
+                            "write the server's base URL, e.g. http://127.0.0.1:8000/v1")
+    return ModelSpec("openai", model, url.rstrip("/"), options, text)
+
+
+def _parse_options(query: str, allowed: dict[str, str], source: str, text: str) -> dict:
+    options: dict[str, str | int | float] = {}
+    for key, value in parse_qsl(query, keep_blank_values=True, strict_parsing=False):
+        if key not in allowed:
+            known = ", ".join(sorted(allowed))
+            raise DsparityError(source, f"key {key!r} in {text!r}", "unknown option",
+                                f"use one of: {known}")
+        options[key] = _convert(key, value, source, text)
+    if "?" in text and query and not options:
+        raise DsparityError(source, repr(text), "could not read the options after `?`",
+                            "write key=value pairs joined by &")
+    return options
+
+
+def _convert(key: str, value: str, source: str, text: str):
+    where = f"key {key!r} in {text!r}"
+    try:
+        if key in INT_KEYS:
+            number = int(value)
+            if number <= 0:
+                raise ValueError
+            return number
+        if key in FLOAT_KEYS:
+            number = float(value)
+            if number <= 0:
+                raise ValueError
+            return number
+    except ValueError:
+        kind = "a positive integer" if key in INT_KEYS else "a positive number"
+        raise DsparityError(source, where, f"{value!r} is not {kind}",
+                            f"write {key}=<{kind}>") from None
+    if key in CHOICES and value not in CHOICES[key]:
+        raise DsparityError(source, where, f"{value!r} is not allowed",
+                            f"use one of: {', '.join(sorted(CHOICES[key]))}")
+    return value
+

@@ -1,0 +1,63 @@
+"""Tiny random transformers models with a byte-level tokenizer, built in code for fast tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+SPECIALS = ["<|im_start|>", "<|im_end|>", "<|endoftext|>"]
+
+
+def byte_tokenizer():
+    """A 259-token byte-level BPE tokenizer (256 bytes + 3 specials) with a ChatML template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
+    for s in SPECIALS:
+        vocab[s] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(SPECIALS)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=None, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def tiny_config(arch: str = "llama", **overrides):
+    """Hidden 64, 2 layers, 4 heads, 2 KV heads, head_dim 16, vocab 259."""
+    import transformers
+
+    cls = {"llama": transformers.LlamaConfig, "qwen3": transformers.Qwen3Config,
+           "qwen2": transformers.Qwen2Config, "mistral": transformers.MistralConfig}[arch]
+    kw = dict(vocab_size=259, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+              num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+              max_position_embeddings=16384, eos_token_id=257, pad_token_id=258, bos_token_id=None,
+              tie_word_embeddings=False)
+    kw.update(overrides)
+    return cls(**kw)
+
+
+def tiny_model(arch: str = "llama", seed: int = 0, **overrides):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(arch, **overrides), dtype=torch.float32)
+    return model.eval()
+
+
+def save_tiny(folder: Path, arch: str = "llama", seed: int = 0) -> Path:
+    """Write a tiny model + tokenizer folder that `local:FOLDER` loads."""
+    model = tiny_model(arch, seed)
+    model.generation_config.eos_token_id = 257
+    model.generation_config.pad_token_id = 258
+    model.save_pretrained(folder)
+    byte_tokenizer().save_pretrained(folder)
+    return folder
