@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from dsparity.errors import DsparityError
+from dsparity.evals.pricing import load_prices
 from dsparity.evals.specs import DEFAULT_CANDIDATE, SERVED_DEFAULT_LABEL
 from dsparity.model.loading import DEFAULT_MODEL
 
@@ -40,6 +41,10 @@ Include = Annotated[list[Path] | None, typer.Option("--include", help="Extra tas
 Margin = Annotated[float, typer.Option("--margin", min=0.0, max=1.0,
                                        help="Equivalence margin in score units (0.05 = 5 points)")]
 OutDir = Annotated[Path, typer.Option("--out", help="Folder for the reports")]
+Budget = Annotated[float | None, typer.Option(
+    "--budget", min=0.0, help="Stop sending requests once a run has cost this much (price currency)")]
+Prices = Annotated[Path | None, typer.Option(
+    "--prices", help="YAML price table that adds to or overrides the built-in one")]
 
 
 def _split(value: str | None) -> list[str] | None:
@@ -58,7 +63,7 @@ def run(
     model: Annotated[str, typer.Option("--model", help="Model spec, e.g. local:smollm2-135m-instruct")],
     suite: Suite = None, tasks: TaskNames = None, limit: Limit = None, repeats: Repeats = 1,
     seed: Annotated[int, typer.Option(help="Seed for sampled decoding")] = 0,
-    db: Db = None, include: Include = None,
+    db: Db = None, include: Include = None, budget: Budget = None, prices: Prices = None,
     fresh: Annotated[bool, typer.Option(help="Start a new run even if this one exists")] = False,
 ) -> None:
     """Run one model over tasks, store every sample, grade it. Re-running resumes."""
@@ -69,7 +74,7 @@ def run(
     spec = parse_spec(model, source="--model")
     task_specs = _load_tasks(suite, tasks, limit, include)
     settings = RunSettings(suite=suite or tasks or DEFAULT_SUITE, limit=limit, repeats=repeats,
-                           seed=seed, fresh=fresh)
+                           seed=seed, fresh=fresh, budget=budget, prices=load_prices(prices))
 
     async def go():
         from dsparity.evals.backends import make_backend
@@ -80,6 +85,7 @@ def run(
 
     result = asyncio.run(go())
     _print_run(result, db)
+    _exit_if_budget_stopped([result])
 
 
 def _print_run(result, db) -> None:
@@ -87,7 +93,8 @@ def _print_run(result, db) -> None:
 
     verb = "resumed" if result.resumed else "created"
     out.print(f"run {result.run_id} ({verb}): {result.sent} requests sent, {result.from_cache} from "
-              f"cache, {result.skipped} already answered, {result.errors} errors")
+              f"cache, {result.skipped} already answered, {result.errors} errors"
+              + (f", cost {result.cost:.4f}" if result.cost else ""))
     grades = Store(db).grades(result.run_id)
     by_task: dict[str, list[float]] = {}
     for k, g in grades.items():
@@ -104,7 +111,8 @@ def compare(
              "on loopback, started and stopped by this command]")] = None,
     suite: Suite = None, tasks: TaskNames = None, limit: Limit = None,
     repeats: Repeats = 1, seed: int = 0, db: Db = None, include: Include = None,
-    margin: Margin = 0.05, out_dir: OutDir = Path("results/reports"),
+    margin: Margin = 0.05, out_dir: OutDir = Path("results/reports"), budget: Budget = None,
+    prices: Prices = None,
 ) -> None:
     """Run both models on the same items, grade, pair, and write the parity report."""
     from dsparity.evals.runner import RunSettings
@@ -115,7 +123,7 @@ def compare(
     task_specs = _load_tasks(suite, tasks, limit, include)
     with _served_default() if base_spec is None else contextlib.nullcontext(base_spec) as served:
         settings = RunSettings(suite=suite or tasks or DEFAULT_SUITE, limit=limit,
-                               repeats=repeats, seed=seed)
+                               repeats=repeats, seed=seed, budget=budget, prices=load_prices(prices))
         asyncio.run(_compare(cand_spec, served, task_specs, settings, db, margin, out_dir))
 
 
@@ -134,8 +142,17 @@ async def _compare(cand_spec, base_spec, task_specs, settings, db, margin, out_d
     cand = await execute_run(cand_spec, task_specs, settings, store, backend=cand_backend)
     console.print(f"[bold]baseline[/] {base_spec.label}")
     base = await execute_run(base_spec, task_specs, settings, store, backend=base_backend)
+    _exit_if_budget_stopped([cand, base])
     comparison = compare_runs(store, cand.run_id, base.run_id, margin=margin)
     _write_report(store, comparison, out_dir)
+
+
+def _exit_if_budget_stopped(results) -> None:
+    stopped = [r for r in results if r.stopped_by_budget]
+    if stopped:
+        console.print(f"[yellow]stopped:[/] run {stopped[0].run_id} reached its budget "
+                      f"(spent {stopped[0].cost:.4f}); re-run with a higher --budget to continue")
+        raise typer.Exit(3)
 
 
 def _write_report(store, comparison, out_dir: Path) -> None:

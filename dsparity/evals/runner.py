@@ -19,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from dsparity.evals import provenance
 from dsparity.evals.backends import Backend, identity_key, make_backend
 from dsparity.evals.graders import GradeInput, get_grader
+from dsparity.evals.pricing import BUILTIN_PRICES, Price, price_for
 from dsparity.evals.specs import ModelSpec
 from dsparity.evals.store import SampleKey, Store
 from dsparity.evals.tasks import TaskItem, TaskSpec
@@ -32,8 +33,11 @@ class RunSettings:
     seed: int = 0
     temperature: float | None = None  # None: the task's own setting (greedy by default)
     fresh: bool = False  # a new run even if an identical one exists
+    budget: float | None = None  # stop sending once the run has cost this much
+    prices: dict[str, Price] = field(default_factory=lambda: dict(BUILTIN_PRICES))
 
     def to_dict(self) -> dict[str, Any]:
+        """What identifies the run (the budget does not: raising it continues the same run)."""
         return {"suite": self.suite, "limit": self.limit, "repeats": self.repeats,
                 "seed": self.seed, "temperature": self.temperature}
 
@@ -47,6 +51,8 @@ class RunResult:
     errors: int = 0
     skipped: int = 0  # already answered before this invocation
     error_classes: dict[str, int] = field(default_factory=dict)
+    cost: float = 0.0  # whole run, this invocation included
+    stopped_by_budget: bool = False
 
 
 def _request_for(item: TaskItem, repeat: int, settings: RunSettings):
@@ -64,18 +70,21 @@ async def execute_run(spec: ModelSpec, tasks: list[TaskSpec], settings: RunSetti
     backend = backend or make_backend(spec)
     await backend.start()
     try:
-        run_id, resumed = _open_run(store, spec, backend, tasks, settings)
-        result = RunResult(run_id, resumed)
-        await _generate_all(store, backend, tasks, settings, result, show_progress)
+        price = price_for(spec.name, spec.opt("price"), settings.prices) if spec.kind == "openai" \
+            else None
+        run_id, resumed = _open_run(store, spec, backend, tasks, settings, price)
+        result = RunResult(run_id, resumed, cost=store.run_cost(run_id))
+        await _generate_all(store, backend, tasks, settings, result, show_progress,
+                            price[1] if price else None)
         grade_run(store, run_id)
-        store.finish_run(run_id, "complete")
+        store.finish_run(run_id, "stopped_budget" if result.stopped_by_budget else "complete")
         return result
     finally:
         await backend.close()
 
 
 def _open_run(store: Store, spec: ModelSpec, backend: Backend, tasks: list[TaskSpec],
-              settings: RunSettings) -> tuple[str, bool]:
+              settings: RunSettings, price: tuple[str, Price] | None) -> tuple[str, bool]:
     task_info = {t.name: {"task_hash": t.task_hash, "n_items": len(t.items), "n_docs": t.n_docs,
                           "grader": t.grader, "settings": t.settings, "suite": t.suite}
                  for t in tasks}
@@ -86,12 +95,13 @@ def _open_run(store: Store, spec: ModelSpec, backend: Backend, tasks: list[TaskS
     return store.find_or_create_run(
         run_key.hexdigest(),
         model_spec=spec.text, label=spec.label, identity=backend.identity, suite=settings.suite,
-        tasks=task_info, settings=settings.to_dict(),
+        tasks=task_info,
+        settings=settings.to_dict() | {"price": {"name": price[0], **price[1].to_dict()} if price else None},
         provenance=provenance.collect() | {"seed": settings.seed})
 
 
-async def _generate_all(store: Store, backend: Backend, tasks: list[TaskSpec],
-                        settings: RunSettings, result: RunResult, show_progress: bool) -> None:
+async def _generate_all(store: Store, backend: Backend, tasks: list[TaskSpec], settings: RunSettings,
+                        result: RunResult, show_progress: bool, price: Price | None) -> None:
     done = store.answered(result.run_id)
     model_key = identity_key(backend.identity)
     todo = [(item, r) for t in tasks for item in t.items for r in range(settings.repeats)
@@ -107,12 +117,18 @@ async def _generate_all(store: Store, backend: Backend, tasks: list[TaskSpec],
         cached = completion is not None
         if completion is None:
             async with slots:
+                if settings.budget is not None and result.cost >= settings.budget:
+                    result.stopped_by_budget = True
+                    advance()
+                    return  # not sent, not stored: a re-run with a higher budget continues here
                 completion = await backend.generate(request)
             result.sent += 1
         else:
             result.from_cache += 1
+        cost = price.cost(completion.usage) if price and not cached else (0.0 if price else None)
+        result.cost += cost or 0.0
         fields = dict(doc_hash=item.doc_hash, prompt_hash=item.prompt_hash, target=item.target,
-                      doc=item.doc, request=request.to_dict(), cached=int(cached))
+                      doc=item.doc, request=request.to_dict(), cached=int(cached), cost=cost)
         await asyncio.to_thread(store.record, result.run_id,
                                 SampleKey(item.task, item.doc_id, repeat), fields, completion,
                                 cache_key)

@@ -1,7 +1,8 @@
 """Model specs: one string names a model everywhere (CLI, job files, store).
 
     local:NAME_OR_PATH[?key=value&...]          e.g. local:smollm2-135m-instruct?attention=dsa&topk=256
-    openai:MODEL@BASE_URL[?key=value&...]       e.g. openai:deepseek-chat@https://api.deepseek.com
+    openai:MODEL@BASE_URL[,BASE_URL...][?key=value&...]
+                                                e.g. openai:deepseek-chat@https://api.deepseek.com
 
 Keys are validated here, so a typo fails before anything runs.
 """
@@ -34,9 +35,12 @@ OPENAI_KEYS = {
     "label": "identify the endpoint by this name instead of its URL",
     "revision": "model revision recorded in provenance",
     "stream": "true | false",
+    "rpm": "requests per minute at most (float)",
+    "tpm": "tokens per minute at most (float)",
+    "price": "price row for cost accounting (see dsparity.evals.pricing)",
 }
 INT_KEYS = {"topk", "threads", "max_batch", "concurrency", "retries"}
-FLOAT_KEYS = {"timeout"}
+FLOAT_KEYS = {"timeout", "rpm", "tpm"}
 CHOICES = {
     "attention": {"dense", "dsa"},
     "dtype": {"float32", "bfloat16", "float16"},
@@ -79,10 +83,12 @@ def parse_spec(text: str, *, source: str = "model spec") -> ModelSpec:
     if not at or not model or not url:
         raise DsparityError(source, repr(text), "an openai spec needs MODEL@BASE_URL",
                             "e.g. openai:deepseek-chat@https://api.deepseek.com")
-    parsed = urlparse(url)
-    if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise DsparityError(source, repr(text), f"base URL {url!r} is not an http(s) URL",
-                            "write the server's base URL, e.g. http://127.0.0.1:8000/v1")
+    for one in url.split(","):  # several base URLs: replicas of one model
+        parsed = urlparse(one.strip())
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise DsparityError(source, repr(text), f"base URL {one!r} is not an http(s) URL",
+                                "write the server's base URL, e.g. http://127.0.0.1:8000/v1 "
+                                "(several: comma-separated)")
     return ModelSpec("openai", model, url.rstrip("/"), options, text)
 
 
@@ -105,7 +111,7 @@ def _convert(key: str, value: str, source: str, text: str):
     try:
         if key in INT_KEYS:
             number = int(value)
-            if number <= 0:
+            if number < (0 if key == "retries" else 1):
                 raise ValueError
             return number
         if key in FLOAT_KEYS:
@@ -114,7 +120,8 @@ def _convert(key: str, value: str, source: str, text: str):
                 raise ValueError
             return number
     except ValueError:
-        kind = "a positive integer" if key in INT_KEYS else "a positive number"
+        kind = ("a whole number >= 0" if key == "retries" else "a positive integer") if key in INT_KEYS \
+            else "a positive number"
         raise DsparityError(source, where, f"{value!r} is not {kind}",
                             f"write {key}=<{kind}>") from None
     if key in CHOICES and value not in CHOICES[key]:

@@ -29,6 +29,7 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    func,
     select,
     update,
 )
@@ -82,6 +83,7 @@ samples = Table(
     Column("reasoning_tokens", Integer, nullable=False, default=0),
     Column("usage", JSON, nullable=False),
     Column("latency_s", Float, nullable=False, default=0.0),
+    Column("cost", Float),  # in the run's price currency; NULL when the model has no price
     Column("error", Text),
     Column("error_class", String(32)),
     Column("cached", Integer, nullable=False, default=0),
@@ -235,6 +237,11 @@ class Store:
                         is None:
                     c.execute(responses.insert().values(key=cache_key, completion=stored,
                                                         created_at=time.time()))
+
+    def run_cost(self, run_id: str) -> float:
+        with self.engine.connect() as c:
+            total = c.execute(select(func.sum(samples.c.cost)).where(samples.c.run_id == run_id)).scalar()
+        return float(total or 0.0)
 
     def samples(self, run_id: str) -> list[dict[str, Any]]:
         q = select(samples).where(samples.c.run_id == run_id).order_by(

@@ -1,4 +1,9 @@
-"""The `openai` backend: any OpenAI-compatible endpoint (DeepSeek API, vLLM, SGLang, dsparity serve)."""
+"""The `openai` backend: any OpenAI-compatible endpoint (DeepSeek API, vLLM, SGLang, `dsparity serve`).
+
+Bounded concurrency; retries with exponential backoff on 429, 5xx and network faults, honouring
+Retry-After and pausing every worker after a 429; no retry of other 4xx; optional request and
+token rate limits; several base URLs (replicas) with each request sent to the least busy one.
+"""
 
 from __future__ import annotations
 
@@ -13,9 +18,19 @@ import openai
 
 from dsparity.errors import DsparityError
 from dsparity.evals.backends.base import Completion, Request, Usage
+from dsparity.evals.backends.limits import CoolDown, RateLimiter
 from dsparity.evals.specs import ModelSpec
 
 RETRYABLE_STATUS = {408, 409, 429, 500, 502, 503, 504}
+MAX_RETRY_AFTER_S = 120.0
+
+
+class _Replica:
+    def __init__(self, url: str, key: str, timeout: float):
+        self.url = url
+        self.client = openai.AsyncOpenAI(base_url=url, api_key=key or "EMPTY", max_retries=0,
+                                         timeout=timeout)
+        self.in_flight = 0
 
 
 class OpenAIBackend:
@@ -23,41 +38,47 @@ class OpenAIBackend:
         self.spec = spec
         self.concurrency = int(spec.opt("concurrency", 8))
         self.retries = int(spec.opt("retries", 4))
-        self.timeout = float(spec.opt("timeout", 120.0))
+        self.timeout = float(spec.opt("timeout", 300.0))
         self.stream = spec.opt("stream", "false") == "true"
+        urls = [u.strip().rstrip("/") for u in (spec.base_url or "").split(",") if u.strip()]
         key_env = str(spec.opt("api_key_env", "OPENAI_API_KEY"))
         self._key = os.environ.get(key_env) or ""
-        if not self._key and not _is_loopback(spec.base_url):
+        if not self._key and not all(_is_loopback(u) for u in urls):
             raise DsparityError(f"model spec {spec.text}", "api_key_env",
                                 f"environment variable {key_env} is not set",
                                 f"export {key_env}=... or name another variable with api_key_env=")
-        self.client = openai.AsyncOpenAI(base_url=spec.base_url, api_key=self._key or "EMPTY",
-                                         max_retries=0, timeout=self.timeout)
+        self.replicas = [_Replica(u, self._key, self.timeout) for u in urls]
         self.identity: dict[str, Any] = {
             "kind": "openai", "model": spec.name,
-            "endpoint": spec.opt("label") or spec.base_url,
+            "endpoint": spec.opt("label") or ",".join(sorted(urls)),
             "revision": spec.opt("revision", ""),
         }
         self._slots = asyncio.Semaphore(self.concurrency)
+        self._limiter = RateLimiter(spec.opt("rpm"), spec.opt("tpm"))
+        self._cool_down = CoolDown()
+        self.attempts = 0  # requests actually put on the wire (all replicas, all retries)
 
     async def start(self) -> None:
+        for replica in self.replicas:
+            await self._preflight(replica)
+
+    async def _preflight(self, replica: _Replica) -> None:
         """Fail fast with one readable line when the URL, key or model name is wrong."""
         where = f"model spec {self.spec.text}"
         try:
-            models = await self.client.models.list()
+            models = await replica.client.models.list()
             names = [m.id for m in models.data]
         except openai.AuthenticationError:
-            raise DsparityError(where, "api key", "the endpoint rejected the API key",
+            raise DsparityError(where, "api key", f"{replica.url} rejected the API key",
                                 "check the key in the environment variable") from None
         except (openai.APIConnectionError, openai.APITimeoutError):
-            raise DsparityError(where, "base URL", f"cannot connect to {self.spec.base_url}",
+            raise DsparityError(where, "base URL", f"cannot connect to {replica.url}",
                                 "check that the server is running and the URL is right") from None
         except openai.APIStatusError as exc:
-            raise DsparityError(where, "base URL",
-                                f"{self.spec.base_url}/models answered HTTP {exc.status_code}",
+            raise DsparityError(where, "base URL", f"{replica.url}/models answered HTTP {exc.status_code}",
                                 "give the API's base URL (usually ending in /v1)") from None
         if names and self.spec.name not in names:
-            raise DsparityError(where, "model", f"{self.spec.name!r} is not served there",
+            raise DsparityError(where, "model", f"{self.spec.name!r} is not served at {replica.url}",
                                 f"use one of: {', '.join(names[:10])}")
 
     async def generate(self, request: Request) -> Completion:
@@ -69,20 +90,37 @@ class OpenAIBackend:
 
     async def _with_retries(self, request: Request) -> Completion:
         last = Completion(error="no attempt", error_class="internal")
+        estimate = sum(len(c) for _, c in request.messages) // 4 + request.max_tokens
         for attempt in range(self.retries + 1):
+            await self._cool_down.wait()
+            await self._limiter.acquire(estimate)
+            replica = min(self.replicas, key=lambda r: r.in_flight)
+            replica.in_flight += 1
+            self.attempts += 1
+            delay = _backoff(attempt)
             try:
-                return await (self._stream(request) if self.stream else self._once(request))
+                return await (self._stream(replica, request) if self.stream
+                              else self._once(replica, request))
             except openai.APIStatusError as exc:
-                last = self._error(f"HTTP {exc.status_code}", _status_class(exc.status_code))
+                last = self._error(f"HTTP {exc.status_code} from {replica.url}",
+                                   _status_class(exc.status_code))
                 if exc.status_code not in RETRYABLE_STATUS:
                     return last
-                delay = _retry_after(exc.response) or _backoff(attempt)
+                if (after := _retry_after(exc.response)) is not None:
+                    delay = after
+                if exc.status_code == 429:
+                    self._cool_down.push(delay)
             except openai.APITimeoutError:
-                last, delay = self._error("timed out", "timeout"), _backoff(attempt)
+                last = self._error(f"timed out after {self.timeout:g} s at {replica.url}", "timeout")
             except openai.APIConnectionError as exc:
-                last, delay = self._error(f"connection: {exc}", "connection"), _backoff(attempt)
-            except (ValueError, KeyError, TypeError, openai.APIResponseValidationError) as exc:
-                last, delay = self._error(f"malformed response: {exc}", "protocol"), _backoff(attempt)
+                last = self._error(f"connection to {replica.url} failed: {exc}", "connection")
+            except (ValueError, KeyError, TypeError, AttributeError,
+                    openai.APIResponseValidationError) as exc:
+                last = self._error(f"malformed response from {replica.url}: {exc}", "protocol")
+            except _Incomplete as exc:
+                last = self._error(f"{exc} from {replica.url}", "protocol")
+            finally:
+                replica.in_flight -= 1
             if attempt < self.retries:
                 await asyncio.sleep(delay)
         return last
@@ -106,21 +144,20 @@ class OpenAIBackend:
             params["stop"] = list(request.stop)[:4]  # the OpenAI API accepts at most four
         return params
 
-    async def _once(self, request: Request) -> Completion:
-        resp = await self.client.chat.completions.create(**self._params(request))
+    async def _once(self, replica: _Replica, request: Request) -> Completion:
+        resp = await replica.client.chat.completions.create(**self._params(request))
         if not resp.choices:
-            return self._error("response had no choices", "protocol")
+            raise _Incomplete("response had no choices")
         choice = resp.choices[0]
         message = choice.message
-        return Completion(
-            text=message.content or "",
-            reasoning=getattr(message, "reasoning_content", None) or "",
-            finish_reason=choice.finish_reason,
-            usage=_usage(resp.usage),
-        )
+        text, reasoning = message.content, getattr(message, "reasoning_content", None)
+        if text is None and not reasoning:
+            raise _Incomplete("response had neither content nor reasoning")
+        return Completion(text=text or "", reasoning=reasoning or "",
+                          finish_reason=choice.finish_reason, usage=_usage(resp.usage))
 
-    async def _stream(self, request: Request) -> Completion:
-        stream = await self.client.chat.completions.create(
+    async def _stream(self, replica: _Replica, request: Request) -> Completion:
+        stream = await replica.client.chat.completions.create(
             **self._params(request), stream=True, stream_options={"include_usage": True})
         text, reasoning, finish, usage = [], [], None, Usage()
         async for chunk in stream:
@@ -133,12 +170,17 @@ class OpenAIBackend:
                     reasoning.append(part)
                 finish = choice.finish_reason or finish
         if finish is None:
-            return self._error("stream ended without a finish reason", "protocol")
+            raise _Incomplete("stream ended without a finish reason")
         return Completion(text="".join(text), reasoning="".join(reasoning), finish_reason=finish,
                           usage=usage)
 
     async def close(self) -> None:
-        await self.client.close()
+        for replica in self.replicas:
+            await replica.client.close()
+
+
+class _Incomplete(Exception):
+    """A 200 answer that carries no usable completion (retried like a server fault)."""
 
 
 def _usage(u) -> Usage:
@@ -166,7 +208,7 @@ def _retry_after(response) -> float | None:
         value = float(response.headers.get("retry-after"))
     except (TypeError, ValueError, AttributeError):
         return None
-    return min(max(value, 0.0), 60.0)
+    return min(max(value, 0.0), MAX_RETRY_AFTER_S)
 
 
 def _backoff(attempt: int) -> float:
