@@ -27,15 +27,15 @@ def served_tiny(tiny_model_dir):
 
 def test_openai_client_plain_and_streaming(served_tiny):
     from dsparity.evals.backends.base import Request
-    from dsparity.evals.backends.local import generate_text
+    from dsparity.evals.backends.local import generate_batch
 
     server, backend = served_tiny
     client = openai.OpenAI(base_url=server.base_url, api_key="EMPTY")
     assert [m.id for m in client.models.list().data] == ["tiny"]
     messages = [{"role": "user", "content": "Say something."}]
     plain = client.chat.completions.create(model="tiny", messages=messages, max_tokens=12)
-    direct = generate_text(backend.model, backend.tokenizer,
-                           Request(messages=(("user", "Say something."),), max_tokens=12))
+    direct = generate_batch(backend.model, backend.tokenizer,
+                            [Request(messages=(("user", "Say something."),), max_tokens=12)])[0]
     assert plain.choices[0].message.content == direct.text  # greedy: the server adds nothing
     assert plain.usage.completion_tokens == direct.usage.completion_tokens > 0
     assert plain.usage.prompt_tokens == direct.usage.prompt_tokens > 0

@@ -1,7 +1,8 @@
 """`dsparity serve`: an OpenAI-compatible server for a local model (dense or DSA).
 
-GET /v1/models, POST /v1/chat/completions (plain and SSE streaming), GET /health.
-Requests queue on the backend's lock, so concurrent clients are served one generation at a time.
+GET /v1/models, POST /v1/chat/completions (plain and SSE streaming token by token), GET /health.
+Concurrent requests queue in the backend, which batches what it can; uvicorn finishes requests in
+flight on SIGTERM/SIGINT before it exits.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ def create_app(backend: LocalBackend, model_name: str) -> FastAPI:
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok" if backend.model is not None else "loading", "model": model_name}
+        return {"status": "ok" if backend.model is not None else "loading", "model": model_name,
+                "queued": backend.queued, "max_batch": backend.max_batch}
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
@@ -59,15 +61,15 @@ def create_app(backend: LocalBackend, model_name: str) -> FastAPI:
             messages=tuple((m.role, m.content or "") for m in body.messages),
             max_tokens=body.max_completion_tokens or body.max_tokens or 512,
             temperature=body.temperature, top_p=body.top_p, seed=body.seed, stop=tuple(stop))
+        cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        if body.stream:
+            include_usage = bool((body.stream_options or {}).get("include_usage"))
+            return StreamingResponse(_sse(cid, model_name, backend.stream(request), include_usage),
+                                     media_type="text/event-stream")
         completion = await backend.generate(request)
         if completion.error:
             return JSONResponse({"error": {"message": completion.error, "type": "server_error"}},
                                 status_code=500)
-        cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
-        if body.stream:
-            include_usage = bool((body.stream_options or {}).get("include_usage"))
-            return StreamingResponse(_sse(cid, model_name, completion, include_usage),
-                                     media_type="text/event-stream")
         return _response(cid, model_name, completion)
 
     return app
@@ -85,20 +87,24 @@ def _response(cid: str, model: str, c: Completion) -> dict[str, Any]:
             "usage": _usage(c)}
 
 
-def _sse(cid: str, model: str, c: Completion, include_usage: bool):
-    def chunk(delta: dict, finish: str | None = None, usage: dict | None = None) -> str:
-        payload = {"id": cid, "object": "chat.completion.chunk", "created": int(time.time()),
-                   "model": model,
-                   "choices": [] if usage else [{"index": 0, "delta": delta, "finish_reason": finish}]}
+async def _sse(cid: str, model: str, pieces, include_usage: bool):
+    def chunk(delta: dict | None, finish: str | None = None, usage: dict | None = None) -> str:
+        payload: dict[str, Any] = {"id": cid, "object": "chat.completion.chunk",
+                                   "created": int(time.time()), "model": model,
+                                   "choices": [] if delta is None else
+                                   [{"index": 0, "delta": delta, "finish_reason": finish}]}
         if usage:
             payload["usage"] = usage
         return f"data: {json.dumps(payload)}\n\n"
 
     yield chunk({"role": "assistant", "content": ""})
-    words = c.text.split(" ")
-    for i, word in enumerate(words):
-        yield chunk({"content": word if i == len(words) - 1 else word + " "})
-    yield chunk({}, c.finish_reason)
-    if include_usage:
-        yield chunk({}, usage=_usage(c))
+    async for piece in pieces:
+        if isinstance(piece, str):
+            yield chunk({"content": piece})
+        elif piece.error:
+            yield f"data: {json.dumps({'error': {'message': piece.error, 'type': 'server_error'}})}\n\n"
+        else:
+            yield chunk({}, piece.finish_reason)
+            if include_usage:
+                yield chunk(None, usage=_usage(piece))
     yield "data: [DONE]\n\n"

@@ -1,4 +1,9 @@
-"""The `local` backend: a transformers model in this process (dense or DSA)."""
+"""The `local` backend: a transformers model in this process (dense or DSA).
+
+Concurrent requests are queued and, where the model allows it, batched: greedy requests with the
+same stop strings run together with left padding (up to `max_batch`, default 1 on CPU where one
+sequence already uses every core, 8 on CUDA). Everything else runs one at a time.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import asyncio
 import hashlib
 import threading
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from dsparity.errors import DsparityError
@@ -14,22 +20,22 @@ from dsparity.evals.specs import ModelSpec
 
 
 class LocalBackend:
-    """Greedy-by-default generation with the model's chat template; one request at a time.
-
-    torch already uses every core for one sequence on CPU, so requests are serialised through a
-    lock rather than run in parallel threads that would fight over the same cores.
-    """
-
-    concurrency = 1
-
     def __init__(self, spec: ModelSpec):
         self.spec = spec
         self.model = None
         self.tokenizer = None
+        self.max_batch = int(spec.opt("max_batch", 0))  # 0: decided by the device at load
+        self.concurrency = 1
         self.identity: dict[str, Any] = {"kind": "local", "model": spec.name,
                                          "options": {k: v for k, v in spec.options.items()
                                                      if k in ("attention", "topk", "dtype")}}
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # one forward pass at a time, whatever the caller's loop
+        self._pending: list[tuple[Request, asyncio.Future]] = []
+        self._draining = False
+
+    @property
+    def queued(self) -> int:
+        return len(self._pending)
 
     async def start(self) -> None:
         if self.model is None:
@@ -42,14 +48,8 @@ class LocalBackend:
 
         if threads := self.spec.opt("threads"):
             torch.set_num_threads(int(threads))
-        device = str(self.spec.opt("device", "cpu"))
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        if device == "cuda" and not torch.cuda.is_available():
-            raise DsparityError(f"model spec {self.spec.text}", "device=cuda",
-                                "torch sees no CUDA device", "use device=cpu or device=auto")
-        default_dtype = "bfloat16" if device == "cuda" else "float32"
-        dtype = str(self.spec.opt("dtype", default_dtype))
+        device = _pick_device(self.spec)
+        dtype = str(self.spec.opt("dtype", "bfloat16" if device != "cpu" else "float32"))
         model, tokenizer, resolved = load_causal_lm(self.spec.name, dtype=dtype, device=device)
         if tokenizer.chat_template is None:
             raise DsparityError(f"model {self.spec.name}", "chat_template",
@@ -60,7 +60,12 @@ class LocalBackend:
 
             model = prepare_dsa(model, tokenizer, base_revision=resolved.revision,
                                 topk=int(self.spec.opt("topk", 256)))
+        tokenizer.padding_side = "left"
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
         self.model, self.tokenizer = model, tokenizer
+        self.max_batch = self.max_batch or (1 if device == "cpu" else 8)
+        self.concurrency = self.max_batch
         self.identity.update(
             revision=resolved.revision,
             dtype=dtype,
@@ -69,52 +74,141 @@ class LocalBackend:
         )
 
     async def generate(self, request: Request) -> Completion:
+        future = asyncio.get_running_loop().create_future()
+        self._pending.append((request, future))
+        if not self._draining:
+            self._draining = True
+            asyncio.get_running_loop().create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        try:
+            while self._pending:
+                batch = self._take_batch()
+                start = time.perf_counter()
+                try:
+                    completions = await asyncio.to_thread(self._run_locked, [r for r, _ in batch])
+                except Exception as exc:  # a crash inside the model fails these samples, not the run
+                    completions = [Completion(error=f"{type(exc).__name__}: {exc}",
+                                              error_class="local_error") for _ in batch]
+                for (_, future), completion in zip(batch, completions, strict=True):
+                    completion.latency_s = time.perf_counter() - start
+                    if not future.done():
+                        future.set_result(completion)
+        finally:
+            self._draining = False
+
+    def _take_batch(self) -> list[tuple[Request, asyncio.Future]]:
+        first = self._pending.pop(0)
+        batch = [first]
+        if first[0].temperature == 0:
+            for item in list(self._pending):
+                if len(batch) >= self.max_batch:
+                    break
+                if item[0].temperature == 0 and item[0].stop == first[0].stop:
+                    batch.append(item)
+                    self._pending.remove(item)
+        return batch
+
+    def _run_locked(self, requests: list[Request]) -> list[Completion]:
+        with self._lock:
+            return generate_batch(self.model, self.tokenizer, requests)
+
+    async def stream(self, request: Request) -> AsyncIterator[str | Completion]:
+        """Yield text pieces as they are generated, then the final Completion.
+
+        A piece is held back while it could still be the start of a stop string, so a client
+        never sees text that the final answer cuts away.
+        """
+        from transformers import TextIteratorStreamer
+
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True,
+                                        timeout=600)
+        loop = asyncio.get_running_loop()
+        done = loop.run_in_executor(None, self._run_streaming, request, streamer)
+        pieces, text, emitted = iter(streamer), "", 0
+        hold = max((len(s) for s in request.stop), default=1) - 1
+        while (piece := await asyncio.to_thread(next, pieces, None)) is not None:
+            text += piece
+            cut, stopped = cut_at_stop(text, request.stop)
+            safe = cut if stopped else text[:max(emitted, len(text) - hold)]
+            if len(safe) > emitted:
+                yield safe[emitted:]
+                emitted = len(safe)
+        completion = await done
+        if completion.text.startswith(text[:emitted]) and len(completion.text) > emitted:
+            yield completion.text[emitted:]
+        yield completion
+
+    def _run_streaming(self, request: Request, streamer) -> Completion:
         start = time.perf_counter()
         try:
-            completion = await asyncio.to_thread(self._generate_locked, request)
-        except Exception as exc:  # a crash inside the model is an error of this sample, not of the run
-            return Completion(error=f"{type(exc).__name__}: {exc}", error_class="local_error",
-                              latency_s=time.perf_counter() - start)
+            with self._lock:
+                completion = generate_batch(self.model, self.tokenizer, [request], streamer=streamer)[0]
+        except Exception as exc:
+            streamer.end()  # release the consumer
+            completion = Completion(error=f"{type(exc).__name__}: {exc}", error_class="local_error")
         completion.latency_s = time.perf_counter() - start
         return completion
-
-    def _generate_locked(self, request: Request) -> Completion:
-        with self._lock:
-            return generate_text(self.model, self.tokenizer, request)
 
     async def close(self) -> None:
         self.model = None
 
 
-def generate_text(model, tokenizer, request: Request) -> Completion:
-    """Run one chat request through a transformers model; cut at stop strings ourselves."""
+def _pick_device(spec: ModelSpec) -> str:
     import torch
 
-    messages = [{"role": r, "content": c} for r, c in request.messages]
-    input_ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True,
-                                              return_tensors="pt", return_dict=True)["input_ids"]
-    input_ids = input_ids.to(model.device)
-    sampling = request.temperature > 0
-    if sampling and request.seed is not None:
-        torch.manual_seed(request.seed)
-    kwargs: dict[str, Any] = dict(max_new_tokens=request.max_tokens, do_sample=sampling,
-                                  pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+    device = str(spec.opt("device", "cpu"))
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise DsparityError(f"model spec {spec.text}", "device=cuda", "torch sees no CUDA device",
+                            "use device=cpu or device=auto")
+    return device
+
+
+def generate_batch(model, tokenizer, requests: list[Request], *, streamer=None) -> list[Completion]:
+    """Run chat requests through a transformers model together; cut at stop strings ourselves."""
+    import torch
+
+    first = requests[0]
+    prompts = [tokenizer.apply_chat_template([{"role": r, "content": c} for r, c in req.messages],
+                                             add_generation_prompt=True, tokenize=False)
+               for req in requests]
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+    sampling = first.temperature > 0
+    if sampling and first.seed is not None:
+        torch.manual_seed(first.seed)
+    max_new = max(r.max_tokens for r in requests)
+    kwargs: dict[str, Any] = dict(max_new_tokens=max_new, do_sample=sampling,
+                                  pad_token_id=tokenizer.pad_token_id, streamer=streamer)
     if sampling:
-        kwargs.update(temperature=request.temperature, top_p=request.top_p)
+        kwargs.update(temperature=first.temperature, top_p=first.top_p)
     else:
         kwargs.update(temperature=None, top_p=None, top_k=None)
-    if request.stop:
-        kwargs.update(stop_strings=list(request.stop), tokenizer=tokenizer)
+    if first.stop:
+        kwargs.update(stop_strings=list(first.stop), tokenizer=tokenizer)
     with torch.inference_mode():
-        out = model.generate(input_ids, attention_mask=torch.ones_like(input_ids), **kwargs)
-    new_tokens = out[0, input_ids.shape[1]:].tolist()
-    text = tokenizer.decode(new_tokens, skip_special_tokens=True)
-    text, stopped = cut_at_stop(text, request.stop)
+        out = model.generate(**enc, **kwargs)
     eos = set(_as_list(model.generation_config.eos_token_id) + _as_list(tokenizer.eos_token_id))
-    hit_eos = bool(new_tokens) and new_tokens[-1] in eos
-    finish = "stop" if stopped or hit_eos or len(new_tokens) < request.max_tokens else "length"
-    usage = Usage(prompt_tokens=input_ids.shape[1], completion_tokens=len(new_tokens))
-    return Completion(text=text, finish_reason=finish, usage=usage)
+    prompt_len = enc["input_ids"].shape[1]
+    return [_completion(tokenizer, out[i, prompt_len:].tolist(), req, int(enc["attention_mask"][i].sum()),
+                        eos) for i, req in enumerate(requests)]
+
+
+def _completion(tokenizer, new_tokens: list[int], request: Request, prompt_tokens: int,
+                eos: set[int]) -> Completion:
+    # Trailing pads (a shorter sequence of the batch) and tokens past this request's own limit go.
+    while new_tokens and new_tokens[-1] == tokenizer.pad_token_id and tokenizer.pad_token_id not in eos:
+        new_tokens.pop()
+    new_tokens = new_tokens[:request.max_tokens]
+    ended = next((i for i, t in enumerate(new_tokens) if t in eos), None)
+    if ended is not None:
+        new_tokens = new_tokens[:ended + 1]
+    text, stopped = cut_at_stop(tokenizer.decode(new_tokens, skip_special_tokens=True), request.stop)
+    finish = "stop" if stopped or ended is not None or len(new_tokens) < request.max_tokens else "length"
+    return Completion(text=text, finish_reason=finish,
+                      usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=len(new_tokens)))
 
 
 def cut_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:

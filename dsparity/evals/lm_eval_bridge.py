@@ -1,0 +1,91 @@
+"""dsparity's backends as lm-eval models: `dsparity-local` and `dsparity-openai`.
+
+    python -m dsparity.evals.lm_eval_cli run --model dsparity-local \\
+        --model_args model=smollm2-135m-instruct,attention=dsa,topk=256 --tasks ... --apply_chat_template
+    python -m dsparity.evals.lm_eval_cli run --model dsparity-openai \\
+        --model_args model=deepseek-chat,base_url=https://api.deepseek.com,api_key_env=DEEPSEEK_API_KEY ...
+
+lm-eval's plain `lm-eval` command cannot import a plugin model, hence the thin wrapper CLI that
+imports this module (which registers both names) before handing over to lm-eval's own entry.
+Generation tasks only: a chat backend has no log-likelihoods to give.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from urllib.parse import urlencode
+
+from lm_eval.api.model import LM
+from lm_eval.api.registry import register_model
+
+from dsparity.evals.backends import Request, make_backend
+from dsparity.evals.specs import LOCAL_KEYS, OPENAI_KEYS, parse_spec
+
+_LM_EVAL_ARGS = {"batch_size", "max_batch_size", "device", "trust_remote_code"}
+
+
+class _DsparityLM(LM):
+    kind = ""
+
+    def __init__(self, model: str, base_url: str | None = None, **options):
+        super().__init__()
+        allowed = LOCAL_KEYS if self.kind == "local" else OPENAI_KEYS
+        opts = {k: v for k, v in options.items() if k in allowed}
+        unknown = set(options) - set(allowed) - _LM_EVAL_ARGS
+        if unknown:
+            raise ValueError(f"dsparity-{self.kind}: unknown model_args {sorted(unknown)}; "
+                             f"use model=, {'base_url=, ' if self.kind == 'openai' else ''}"
+                             f"{', '.join(sorted(allowed))}")
+        where = f"@{base_url}" if self.kind == "openai" else ""
+        query = f"?{urlencode(opts)}" if opts else ""
+        self.spec = parse_spec(f"{self.kind}:{model}{where}{query}", source="--model_args")
+        self.backend = make_backend(self.spec)
+        self._loop = asyncio.new_event_loop()
+        self._loop.run_until_complete(self.backend.start())
+
+    @property
+    def tokenizer_name(self) -> str:
+        return self.spec.text
+
+    def apply_chat_template(self, chat_history, add_generation_prompt=True) -> str:
+        return json.dumps(chat_history)  # the backend applies the real template (or the server does)
+
+    def generate_until(self, requests) -> list[str]:
+        async def all_of():
+            return await asyncio.gather(*(self.backend.generate(_request(*r.args)) for r in requests))
+
+        completions = self._loop.run_until_complete(all_of())
+        failed = [c for c in completions if c.error]
+        if failed:
+            raise RuntimeError(f"{len(failed)} requests failed, first: {failed[0].error}")
+        return [c.text for c in completions]
+
+    def loglikelihood(self, requests):
+        raise NotImplementedError("dsparity backends are chat models: use generation tasks")
+
+    def loglikelihood_rolling(self, requests):
+        raise NotImplementedError("dsparity backends are chat models: use generation tasks")
+
+
+def _request(context: str, gen_kwargs: dict) -> Request:
+    try:
+        messages = json.loads(context)
+        pairs = tuple((m["role"], m["content"]) for m in messages)
+    except (json.JSONDecodeError, TypeError, KeyError):
+        pairs = (("user", context),)
+    until = gen_kwargs.get("until") or []
+    sampling = bool(gen_kwargs.get("do_sample")) and float(gen_kwargs.get("temperature", 0)) > 0
+    return Request(messages=pairs, max_tokens=int(gen_kwargs.get("max_gen_toks", 256)),
+                   temperature=float(gen_kwargs.get("temperature", 0)) if sampling else 0.0,
+                   stop=tuple([until] if isinstance(until, str) else until))
+
+
+@register_model("dsparity-local")
+class DsparityLocalLM(_DsparityLM):
+    kind = "local"
+
+
+@register_model("dsparity-openai")
+class DsparityOpenAILM(_DsparityLM):
+    kind = "openai"
