@@ -38,6 +38,9 @@ TaskNames = Annotated[str | None, typer.Option("--tasks", help="Comma-separated 
 Limit = Annotated[int | None, typer.Option("--limit", min=1, help="At most N items per task")]
 Repeats = Annotated[int, typer.Option("--repeats", min=1, help="Samples per item (sampled decoding)")]
 Include = Annotated[list[Path] | None, typer.Option("--include", help="Extra task folder(s)")]
+Size = Annotated[int | None, typer.Option(
+    "--size", min=1, help="Items per generated task (reasoning: per task, longctx: per length) "
+                          "[default: each task's own]")]
 Margin = Annotated[float, typer.Option("--margin", min=0.0, max=1.0,
                                        help="Equivalence margin in score units (0.05 = 5 points)")]
 OutDir = Annotated[Path, typer.Option("--out", help="Folder for the reports")]
@@ -51,11 +54,12 @@ def _split(value: str | None) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
 
 
-def _load_tasks(suite: str | None, tasks: str | None, limit: int | None, include: list[Path] | None):
+def _load_tasks(suite: str | None, tasks: str | None, limit: int | None, include: list[Path] | None,
+                size: int | None = None):
     from dsparity.evals.tasks import load_tasks
 
     suites = _split(suite) or (None if tasks else [DEFAULT_SUITE])
-    return load_tasks(suites=suites, names=_split(tasks), limit=limit, include=include)
+    return load_tasks(suites=suites, names=_split(tasks), limit=limit, include=include, size=size)
 
 
 @app.command()
@@ -63,7 +67,7 @@ def run(
     model: Annotated[str, typer.Option("--model", help="Model spec, e.g. local:smollm2-135m-instruct")],
     suite: Suite = None, tasks: TaskNames = None, limit: Limit = None, repeats: Repeats = 1,
     seed: Annotated[int, typer.Option(help="Seed for sampled decoding")] = 0,
-    db: Db = None, include: Include = None, budget: Budget = None, prices: Prices = None,
+    db: Db = None, include: Include = None, size: Size = None, budget: Budget = None, prices: Prices = None,
     fresh: Annotated[bool, typer.Option(help="Start a new run even if this one exists")] = False,
 ) -> None:
     """Run one model over tasks, store every sample, grade it. Re-running resumes."""
@@ -72,7 +76,7 @@ def run(
     from dsparity.evals.store import Store
 
     spec = parse_spec(model, source="--model")
-    task_specs = _load_tasks(suite, tasks, limit, include)
+    task_specs = _load_tasks(suite, tasks, limit, include, size)
     settings = RunSettings(suite=suite or tasks or DEFAULT_SUITE, limit=limit, repeats=repeats,
                            seed=seed, fresh=fresh, budget=budget, prices=load_prices(prices))
 
@@ -111,8 +115,8 @@ def compare(
              "on loopback, started and stopped by this command]")] = None,
     suite: Suite = None, tasks: TaskNames = None, limit: Limit = None,
     repeats: Repeats = 1, seed: int = 0, db: Db = None, include: Include = None,
-    margin: Margin = 0.05, out_dir: OutDir = Path("results/reports"), budget: Budget = None,
-    prices: Prices = None,
+    size: Size = None, margin: Margin = 0.05, out_dir: OutDir = Path("results/reports"),
+    budget: Budget = None, prices: Prices = None,
 ) -> None:
     """Run both models on the same items, grade, pair, and write the parity report."""
     from dsparity.evals.runner import RunSettings
@@ -120,7 +124,7 @@ def compare(
 
     cand_spec = parse_spec(candidate, source="--candidate")
     base_spec = parse_spec(baseline, source="--baseline") if baseline else None
-    task_specs = _load_tasks(suite, tasks, limit, include)
+    task_specs = _load_tasks(suite, tasks, limit, include, size)
     with _served_default() if base_spec is None else contextlib.nullcontext(base_spec) as served:
         settings = RunSettings(suite=suite or tasks or DEFAULT_SUITE, limit=limit,
                                repeats=repeats, seed=seed, budget=budget, prices=load_prices(prices))
@@ -136,7 +140,11 @@ async def _compare(cand_spec, base_spec, task_specs, settings, db, margin, out_d
     base_backend = make_backend(base_spec)
     await base_backend.start()  # cheap preflight first: a wrong URL fails before any model loads
     cand_backend = make_backend(cand_spec)
-    await cand_backend.start()
+    try:
+        await cand_backend.start()
+    except BaseException:
+        await base_backend.close()
+        raise
     store = Store(db)
     console.print(f"[bold]candidate[/] {cand_spec.label}")
     cand = await execute_run(cand_spec, task_specs, settings, store, backend=cand_backend)
@@ -302,37 +310,108 @@ def serve(
 
 
 @tasks_app.command("list")
-def tasks_list(include: Include = None) -> None:
-    """Suites and tasks with their item counts and graders."""
-    from dsparity.evals.tasks import BUILTIN_TASKS, build_items, scan
+def tasks_list(include: Include = None, size: Size = None) -> None:
+    """Suites and tasks with their item counts, lengths and graders (nothing is generated)."""
+    from dsparity.evals.taskgen.cache import GenOptions
+    from dsparity.evals.tasks import BUILTIN_TASKS, count_items, scan
 
     dirs = [BUILTIN_TASKS, *(include or [])]
     specs, problems = scan(dirs)
-    build_items(list(specs.values()), dirs, limit=None)
+    options = GenOptions.from_env(size=size)
     table = Table()
-    for col in ("suite", "task", "items", "grader", "file"):
-        table.add_column(col)
+    for col in ("suite", "task", "items", "grader", "max tokens", "lengths", "about"):
+        table.add_column(col, overflow="fold")
+    per_suite: dict[str, list] = {}
     for s in sorted(specs.values(), key=lambda s: (s.suite, s.name)):
-        table.add_row(s.suite, s.name, str(s.n_docs), s.grader, str(s.yaml_path))
+        n = count_items(s, options)
+        per_suite.setdefault(s.suite, []).append((n, s.grader))
+        lengths = options.lengths or s.settings.get("lengths")
+        table.add_row(s.suite + (" (needs hub)" if s.needs_hub else ""), s.name,
+                      "from hub" if n is None else str(n), s.grader,
+                      str(s.settings.get("max_tokens", "")),
+                      ",".join(_klen(v) for v in lengths) if lengths and "kind" in s.settings else "",
+                      str(s.settings.get("description", "")))
     out.print(table)
+    for suite, rows in sorted(per_suite.items()):
+        known = [n for n, _ in rows if n is not None]
+        graders = sorted({g for _, g in rows})
+        count = f"{sum(known)} items" if len(known) == len(rows) else "items from the hub"
+        out.print(f"suite {suite}: {len(rows)} tasks, {count}, graders: {', '.join(graders)}")
     for p in problems:
-        console.print(f"[red]broken:[/] {p.line()}")
+        console.print(f"[red]broken:[/] {p.line()}", highlight=False, soft_wrap=True)
+
+
+def _klen(tokens: int) -> str:
+    return f"{tokens // 1024}K" if tokens % 1024 == 0 else str(tokens)
+
+
+@tasks_app.command("show")
+def tasks_show(
+    name: Annotated[str, typer.Argument(help="Task name (see `dsparity tasks list`)")],
+    include: Include = None, size: Size = None,
+    items: Annotated[int, typer.Option("--items", min=0, help="Example items to print")] = 1,
+) -> None:
+    """One task: file, grader, settings, item count, lengths/depths, and example prompts."""
+    import json
+
+    from dsparity.evals.taskgen.cache import GenOptions
+    from dsparity.evals.tasks import BUILTIN_TASKS, build_items, scan, select
+
+    dirs = [BUILTIN_TASKS, *(include or [])]
+    specs, problems = scan(dirs)
+    spec = select(specs, problems, suites=None, names=[name])[0]
+    build_items([spec], dirs, limit=None, options=GenOptions.from_env(size=size))
+    out.print(f"[bold]{spec.name}[/]  suite {spec.suite}, grader {spec.grader}, {spec.n_docs} items")
+    out.print(f"file: {spec.yaml_path}")
+    settings = {k: v for k, v in spec.settings.items() if k != "rubric"}
+    out.print("settings: " + json.dumps(settings, ensure_ascii=False, default=str), highlight=False)
+    if "rubric" in spec.settings:
+        out.print("judge rubric:\n" + str(spec.settings["rubric"]).rstrip(), highlight=False)
+    docs = [it.doc for it in spec.items]
+    if docs and "target_tokens" in docs[0]:
+        by_length: dict[int, list] = {}
+        for d in docs:
+            by_length.setdefault(d["target_tokens"], []).append(d)
+        for length, rows in sorted(by_length.items()):
+            got = [r["length_tokens"] for r in rows]
+            depths = [r["depth"] for r in rows if r.get("depth") is not None]
+            out.print(f"  length {length}: {len(rows)} items, tokens {min(got)}-{max(got)}"
+                      + (f", depths {', '.join(f'{d:.2f}' for d in depths)}" if depths else "")
+                      + f" ({rows[0]['tokenizer']})")
+    if docs and "generator" in docs[0]:
+        gens: dict[str, int] = {}
+        for d in docs:
+            gens[d["generator"]] = gens.get(d["generator"], 0) + 1
+        out.print("generators: " + ", ".join(f"{g} x{n}" for g, n in gens.items())
+                  + f"; seed {docs[0]['seed'] // 1000}", highlight=False)
+    for item in spec.items[:items]:
+        prompt = item.request.messages[-1][1]
+        short = prompt if len(prompt) <= 600 else prompt[:300] + f" [... {len(prompt) - 600} chars ...] " \
+            + prompt[-300:]
+        out.print(f"\n[bold]item {item.doc_id}[/] (doc {item.doc_hash}, max tokens "
+                  f"{item.request.max_tokens}) target: {item.target[:120]!r}")
+        out.print(short, highlight=False, markup=False)
 
 
 @tasks_app.command("validate")
 def tasks_validate(include: Include = None) -> None:
-    """Check every task file; report each problem with file, field and fix."""
+    """Check every task file; report each problem with file, line or field, and the fix.
+
+    Hub tasks are checked as files only (their data needs the hub)."""
     from dsparity.evals.tasks import BUILTIN_TASKS, build_items, scan
 
     dirs = [BUILTIN_TASKS, *(include or [])]
     specs, problems = scan(dirs)
-    for name, spec in specs.items():
+    for name, spec in sorted(specs.items()):
+        if spec.needs_hub:
+            continue
         try:
             build_items([spec], dirs, limit=1)
         except DsparityError as exc:
-            problems.append(DsparityError(str(spec.yaml_path), name, exc.problem, exc.fix))
+            problems.append(exc if exc.source != "tasks" else
+                            DsparityError(str(spec.yaml_path), name, exc.problem, exc.fix))
     for p in problems:
-        out.print(p.line())
+        out.print(p.line(), highlight=False, soft_wrap=True)
     out.print(f"{len(specs)} tasks, {len(problems)} problems")
     if problems:
         raise typer.Exit(1)

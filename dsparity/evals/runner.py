@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import json
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -108,12 +109,18 @@ async def _generate_all(store: Store, backend: Backend, tasks: list[TaskSpec], s
             if SampleKey(item.task, item.doc_id, r) not in done]
     result.skipped = sum(len(t.items) for t in tasks) * settings.repeats - len(todo)
     slots = asyncio.Semaphore(max(1, backend.concurrency))
+    keys = {(item.task, item.doc_id, r): _cache_key(model_key, _request_for(item, r, settings), r)
+            for item, r in todo}
+    hits = store.cached_many(list(keys.values()))  # one query instead of one per item
+    # One writer thread: SQLite takes one writer at a time anyway, and a pool of threads would
+    # only queue on its lock.
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dsparity-store")
+    loop = asyncio.get_running_loop()
 
     async def one(item: TaskItem, repeat: int) -> None:
         request = _request_for(item, repeat, settings)
-        draw = repeat if request.temperature > 0 else 0
-        cache_key = hashlib.sha256(f"{model_key}:{request.key()}:{draw}".encode()).hexdigest()
-        completion = await asyncio.to_thread(store.cached, cache_key)
+        cache_key = keys[(item.task, item.doc_id, repeat)]
+        completion = hits.get(cache_key)
         cached = completion is not None
         if completion is None:
             async with slots:
@@ -129,9 +136,8 @@ async def _generate_all(store: Store, backend: Backend, tasks: list[TaskSpec], s
         result.cost += cost or 0.0
         fields = dict(doc_hash=item.doc_hash, prompt_hash=item.prompt_hash, target=item.target,
                       doc=item.doc, request=request.to_dict(), cached=int(cached), cost=cost)
-        await asyncio.to_thread(store.record, result.run_id,
-                                SampleKey(item.task, item.doc_id, repeat), fields, completion,
-                                cache_key)
+        await loop.run_in_executor(writer, store.record, result.run_id,
+                                   SampleKey(item.task, item.doc_id, repeat), fields, completion, cache_key)
         if completion.error:
             result.errors += 1
             cls = completion.error_class or "unknown"
@@ -145,7 +151,16 @@ async def _generate_all(store: Store, backend: Backend, tasks: list[TaskSpec], s
         def advance() -> None:
             bar.advance(job)
 
-        await asyncio.gather(*(one(item, r) for item, r in todo))
+        try:
+            await asyncio.gather(*(one(item, r) for item, r in todo))
+        finally:
+            writer.shutdown(wait=True)
+
+
+def _cache_key(model_key: str, request, repeat: int) -> str:
+    """Model identity + request (+ the draw, for sampled decoding): never shared across models."""
+    draw = repeat if request.temperature > 0 else 0
+    return hashlib.sha256(f"{model_key}:{request.key()}:{draw}".encode()).hexdigest()
 
 
 def grade_run(store: Store, run_id: str, *, replace: bool = False) -> int:

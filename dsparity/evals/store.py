@@ -203,10 +203,14 @@ class Store:
         with self.engine.connect() as c:
             return {SampleKey(*r) for r in c.execute(q)}
 
-    def cached(self, key: str) -> Completion | None:
+    def cached_many(self, keys: list[str]) -> dict[str, Completion]:
+        found: dict[str, Completion] = {}
         with self.engine.connect() as c:
-            row = c.execute(select(responses.c.completion).where(responses.c.key == key)).first()
-        return Completion.from_dict(row[0]) if row else None
+            for i in range(0, len(keys), 500):  # stay under SQLite's bound-parameter limit
+                q = select(responses.c.key, responses.c.completion).where(
+                    responses.c.key.in_(keys[i:i + 500]))
+                found.update({k: Completion.from_dict(v) for k, v in c.execute(q)})
+        return found
 
     def record(self, run_id: str, key: SampleKey, fields: dict[str, Any], completion: Completion,
                cache_key: str | None) -> None:
