@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from dsparity.evals import stats
-from dsparity.evals.store import Store
+from dsparity.evals import stats, usage
+from dsparity.evals.store import SampleKey, Store
 
 DEFAULT_MARGIN = 0.05  # 5 points: a difference a user of the smoke-sized suites could notice
 DEFAULT_ALPHA = 0.05
@@ -25,37 +25,19 @@ class PairKey:
     repeat: int
 
 
-def _scored(store: Store, run_id: str) -> tuple[dict[PairKey, dict], dict[str, dict[str, int]]]:
-    """Samples with their grade, keyed for pairing, and per-task counts of what was not scored."""
+def _scored(store: Store, run_id: str) -> tuple[dict[PairKey, dict], list[dict]]:
+    """Answered, graded samples keyed for pairing, and every sample (for usage figures)."""
     grades = store.grades(run_id)
+    all_samples = store.samples(run_id)
     rows: dict[PairKey, dict] = {}
-    counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    for s in store.samples(run_id):
+    for s in all_samples:
+        grade = grades.get(SampleKey(s["task"], s["doc_id"], s["repeat"]))
+        if s["error"] is not None or grade is None:
+            continue  # an infrastructure error is not a wrong answer: it is not paired
         key = PairKey(s["task"], s["doc_id"], s["doc_hash"], s["prompt_hash"], s["repeat"])
-        c = counts[s["task"]]
-        c["samples"] += 1
-        c["output_tokens"] += s["completion_tokens"]
-        c["reasoning_tokens"] += s["reasoning_tokens"]
-        c["prompt_tokens"] += s["prompt_tokens"]
-        c["latency_ms"] += int(1000 * s["latency_s"])
-        if s["error"] is not None:
-            c["errors"] += 1
-            continue
-        if s["finish_reason"] == "length":
-            c["hit_length_limit"] += 1
-        grade = grades.get(_sample_key(s))
-        if grade is None:
-            c["ungraded"] += 1
-            continue
         rows[key] = s | {"score": grade["score"], "passed": grade["passed"],
                          "grade_details": grade["details"]}
-    return rows, {t: dict(v) for t, v in counts.items()}
-
-
-def _sample_key(s: dict):
-    from dsparity.evals.store import SampleKey
-
-    return SampleKey(s["task"], s["doc_id"], s["repeat"])
+    return rows, all_samples
 
 
 def compare_runs(store: Store, candidate_run: str, baseline_run: str, *,
@@ -63,20 +45,26 @@ def compare_runs(store: Store, candidate_run: str, baseline_run: str, *,
                  iters: int = 10_000, seed: int = 0) -> dict[str, Any]:
     """The comparison as plain data (what the store keeps and every report renders)."""
     cand_run, base_run = store.run(candidate_run), store.run(baseline_run)
-    cand, cand_counts = _scored(store, cand_run["id"])
-    base, base_counts = _scored(store, base_run["id"])
+    cand, cand_samples = _scored(store, cand_run["id"])
+    base, base_samples = _scored(store, base_run["id"])
+    cand_usage, base_usage = usage.summarize(cand_samples), usage.summarize(base_samples)
     paired = sorted(set(cand) & set(base), key=lambda k: (k.task, k.doc_id, k.repeat))
     by_task: dict[str, list[PairKey]] = defaultdict(list)
     for key in paired:
         by_task[key.task].append(key)
     tasks = sorted(set(cand_run["tasks"]) | set(base_run["tasks"]))
-    per_task = [_task_result(t, by_task.get(t, []), cand, base, cand_counts.get(t, {}),
-                             base_counts.get(t, {}), margin, alpha, iters, seed) for t in tasks]
+    per_task = [_task_result(t, by_task.get(t, []), cand, base, margin, alpha, iters, seed)
+                for t in tasks]
     return {
         "margin": margin, "alpha": alpha,
         "candidate": _run_summary(cand_run), "baseline": _run_summary(base_run),
         "tasks": per_task,
         "overall": _overall(per_task, margin),
+        "usage": {"candidate": cand_usage, "baseline": base_usage,
+                  "cost_ratio": usage.ratio(cand_usage["overall"]["cost"], base_usage["overall"]["cost"]),
+                  "output_token_ratio": usage.ratio(cand_usage["overall"]["output_tokens_total"],
+                                                    base_usage["overall"]["output_tokens_total"])},
+        "longctx_maps": depth_length_maps(paired, cand, base),
         "disagreements": _disagreements(paired, cand, base),
         "unpaired": {"candidate_only": len(set(cand) - set(base)),
                      "baseline_only": len(set(base) - set(cand))},
@@ -88,7 +76,7 @@ def _run_summary(run: dict) -> dict[str, Any]:
                                 "provenance", "tasks", "status", "created_at")}
 
 
-def _task_result(task, keys, cand, base, cand_counts, base_counts, margin, alpha, iters, seed):
+def _task_result(task, keys, cand, base, margin, alpha, iters, seed):
     # One score per document: repeats of a document are averaged (the clustered unit, grading.md 5.1).
     per_doc_a, per_doc_b = defaultdict(list), defaultdict(list)
     for k in keys:
@@ -98,8 +86,7 @@ def _task_result(task, keys, cand, base, cand_counts, base_counts, margin, alpha
     a = np.array([np.mean(per_doc_a[d]) for d in docs], dtype=float)
     b = np.array([np.mean(per_doc_b[d]) for d in docs], dtype=float)
     result = stats.compare_scores(a, b, margin=margin, alpha=alpha, iters=iters, seed=seed)
-    return {"task": task, **_jsonable(result.to_dict()),
-            "candidate_counts": cand_counts, "baseline_counts": base_counts}
+    return {"task": task, **_jsonable(result.to_dict())}
 
 
 def _overall(per_task: list[dict], margin: float) -> dict[str, Any]:
@@ -116,6 +103,37 @@ def _overall(per_task: list[dict], margin: float) -> dict[str, Any]:
     return {"n": n_items, "tasks": len(usable), "diff": diff, "se": se, "ci90": list(ci90),
             "ci95": list(ci95), "verdict": verdict.value,
             "method": "macro average over tasks, normal CI"}
+
+
+def _length_of(doc: dict) -> int | None:
+    for key in ("target_tokens", "target_chars", "length_tokens", "length_chars", "length"):
+        if isinstance(doc.get(key), int | float):
+            return int(doc[key])
+    return None
+
+
+def depth_length_maps(paired: list[PairKey], cand: dict, base: dict) -> list[dict[str, Any]]:
+    """Accuracy by (context length, needle depth) for both models, for tasks whose items say both.
+
+    Depths are rounded to tenths so that generated depths fall into readable columns.
+    """
+    cells: dict[str, dict[tuple[int, float], list[tuple[float, float]]]] = defaultdict(
+        lambda: defaultdict(list))
+    for k in paired:
+        doc = cand[k]["doc"]
+        length, depth = _length_of(doc), doc.get("depth")
+        if length is None or not isinstance(depth, int | float):
+            continue
+        cells[k.task][(length, round(float(depth), 1))].append((cand[k]["score"], base[k]["score"]))
+    maps = []
+    for task, grid in sorted(cells.items()):
+        lengths = sorted({length for length, _ in grid})
+        depths = sorted({depth for _, depth in grid})
+        maps.append({"task": task, "lengths": lengths, "depths": depths, "cells": [
+            {"length": length, "depth": depth, "n": len(v),
+             "candidate": float(np.mean([a for a, _ in v])), "baseline": float(np.mean([b for _, b in v]))}
+            for (length, depth), v in sorted(grid.items())]})
+    return maps
 
 
 def _disagreements(paired, cand, base, limit: int = 200) -> list[dict[str, Any]]:

@@ -676,7 +676,8 @@ def _widen(ci: tuple[float, float], diff: float, se: float, alpha: float, df: in
     if df < 1:
         return ci
     half = float(_st.t.ppf(1 - alpha / 2, df)) * se
-    return (min(ci[0], diff - half), max(ci[1], diff + half))
+    # Scores live in [0, 1], so a difference cannot leave [-1, 1] however wide the interval.
+    return (max(-1.0, min(ci[0], diff - half)), min(1.0, max(ci[1], diff + half)))
 
 
 def compare_scores(

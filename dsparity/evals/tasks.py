@@ -2,7 +2,11 @@
 
 Every file under `tasks/` is a plain lm-eval task (loaded through `TaskManager(include_path=...,
 include_defaults=False)`); dsparity's own settings sit under `metadata.dsparity` where lm-eval
-ignores them.
+ignores them. Generated suites (reasoning, longctx) make their items through
+`dsparity.evals.taskgen`, sized by `GenOptions` (`--size`) and cached on disk.
+
+The built-in task folder is found in the installed package (`dsparity/builtin_tasks`, what a
+wheel ships) or, in a checkout, at the repository's `tasks/`.
 """
 
 from __future__ import annotations
@@ -10,6 +14,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,10 +25,39 @@ import yaml
 from dsparity.errors import DsparityError
 from dsparity.evals.backends.base import Request
 from dsparity.evals.graders import GRADERS
+from dsparity.evals.taskgen.cache import GenOptions
 
-BUILTIN_TASKS = Path(__file__).resolve().parents[2] / "tasks"
+_MARKER = "_dsparity_data.py"  # present in every built-in task folder, wherever it is installed
+
+
+def _find_builtin_tasks() -> Path:
+    here = Path(__file__).resolve()
+    packaged = here.parents[1] / "builtin_tasks"  # dsparity/builtin_tasks in a wheel
+    checkout = here.parents[2] / "tasks"  # the repository's tasks/ in a checkout
+    for candidate in (packaged, checkout):
+        if (candidate / _MARKER).exists():
+            return candidate
+    return checkout
+
+
+BUILTIN_TASKS = _find_builtin_tasks()
 
 REQUIRED_FIELDS = ("task", "output_type", "doc_to_text", "doc_to_target")
+OPTIONAL_SUITES = {"hub"}  # only run when asked for by name: they need the Hugging Face hub
+# Fields each grader reads from a task's documents (checked on the JSONL data when validating).
+GRADER_DOC_FIELDS = {
+    "code": ("prompt", "test", "entry_point"),
+    "stdio": ("tests",),
+    "writing": ("constraints",),
+    "web": ("checklist",),
+}
+# Constraint types and the keys each needs (the writing grader's contract).
+CONSTRAINT_TYPES = {
+    "min_chars": ("value",), "max_chars": ("value",), "min_words": ("value",), "max_words": ("value",),
+    "sections": ("headings",), "keyword_count": ("keyword",), "language": ("value",),
+    "no_commas": (), "ends_with": ("value",), "starts_with": ("value",),
+    "forbidden_words": ("value",), "min_paragraphs": ("value",),
+}
 
 
 @dataclass(frozen=True)
@@ -46,6 +81,11 @@ class TaskSpec:
     n_docs: int = 0
     items: list[TaskItem] = field(default_factory=list)
     task_hash: str = ""
+    config: dict[str, Any] = field(default_factory=dict)  # the YAML as read (for list/show)
+
+    @property
+    def needs_hub(self) -> bool:
+        return bool(self.settings.get("needs_hub"))
 
 
 def sha(obj: Any) -> str:
@@ -109,15 +149,95 @@ def _read_spec(path: Path) -> TaskSpec | None:
     if grader not in GRADERS:
         raise DsparityError(str(path), "metadata.dsparity.grader", f"unknown grader {grader!r}",
                             f"use one of: {', '.join(sorted(GRADERS))}")
+    for key in ("max_tokens", "default_size", "seed"):
+        value = settings.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+            raise DsparityError(str(path), f"metadata.dsparity.{key}", f"{value!r} is not a whole number",
+                                f"write {key}: <integer>")
+    _check_data(path, config, grader)
     return TaskSpec(name=str(config["task"]), suite=str(settings.get("suite", "custom")),
-                    grader=grader, settings=settings, yaml_path=path)
+                    grader=grader, settings=settings, yaml_path=path, config=config)
+
+
+def _data_file(path: Path, config: dict) -> Path | None:
+    data_file = (config.get("dataset_kwargs") or {}).get("data_file")
+    return path.parent / str(data_file) if data_file and "custom_dataset" in config else None
+
+
+def _check_data(path: Path, config: dict, grader: str) -> None:
+    """A task's JSONL: every line an object with the fields its grader reads."""
+    data = _data_file(path, config)
+    if data is None:
+        return
+    if not data.is_file():
+        raise DsparityError(str(path), "dataset_kwargs.data_file", f"no such file {data.name!r}",
+                            f"put the JSONL next to the YAML ({data})")
+    needed = GRADER_DOC_FIELDS.get(grader, ())
+    with data.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DsparityError(str(data), f"line {lineno}", f"not valid JSON ({exc.msg})",
+                                    "write one JSON object per line") from None
+            if not isinstance(row, dict):
+                raise DsparityError(str(data), f"line {lineno}", "not a JSON object",
+                                    "write one JSON object per line")
+            for key in needed:
+                if key not in row:
+                    raise DsparityError(str(data), f"line {lineno}: {key}", "missing field",
+                                        f"the {grader} grader reads `{key}` from every item")
+            if grader == "writing":
+                _check_constraints(data, lineno, row["constraints"])
+
+
+def _check_constraints(data: Path, lineno: int, constraints: Any) -> None:
+    if not isinstance(constraints, list):
+        raise DsparityError(str(data), f"line {lineno}: constraints", "must be a list",
+                            'write constraints: [{"type": "min_words", "value": 100}, ...]')
+    for i, c in enumerate(constraints):
+        kind = c.get("type") if isinstance(c, dict) else None
+        if kind not in CONSTRAINT_TYPES:
+            raise DsparityError(str(data), f"line {lineno}: constraints[{i}].type",
+                                f"unknown constraint {kind!r}",
+                                f"use one of: {', '.join(sorted(CONSTRAINT_TYPES))}")
+        for key in CONSTRAINT_TYPES[kind]:
+            if key not in c:
+                raise DsparityError(str(data), f"line {lineno}: constraints[{i}].{key}",
+                                    "missing field", f"a {kind} constraint needs `{key}`")
+
+
+def count_items(spec: TaskSpec, options: GenOptions | None = None) -> int | None:
+    """Items a task will have, without building them (None: only known after a hub download)."""
+    options = options or GenOptions.from_env()
+    kwargs = spec.config.get("dataset_kwargs") or {}
+    data = _data_file(spec.yaml_path, spec.config)
+    if data is not None:
+        with data.open(encoding="utf-8") as f:
+            return sum(1 for line in f if line.strip())
+    generator = kwargs.get("generator")
+    if generator == "reasoning":
+        return options.size or int(spec.settings.get("default_size", 12))
+    if generator == "longctx":
+        lengths = options.lengths or spec.settings.get("lengths") or (1024, 2048, 4096, 8192)
+        return (options.size or int(spec.settings.get("default_size", 4))) * len(lengths)
+    if generator == "humaneval":
+        from dsparity.evals.taskgen.loaders import humaneval_rows
+
+        return len(humaneval_rows())
+    return None
 
 
 def select(specs: dict[str, TaskSpec], problems: list[DsparityError], *,
            suites: list[str] | None, names: list[str] | None) -> list[TaskSpec]:
-    """Pick tasks by suite and/or name; a broken file only matters if it may be one of them."""
+    """Pick tasks by suite and/or name; a broken file only matters if it may be one of them.
+
+    Optional suites (the hub ones) are only picked when named."""
     chosen = [s for s in specs.values()
-              if (not suites or s.suite in suites) and (not names or s.name in names)]
+              if (not suites or s.suite in suites) and (not names or s.name in names)
+              and (suites or names or s.suite not in OPTIONAL_SUITES)]
     for problem in problems:
         if _may_belong(problem.source, suites, names):
             raise problem
@@ -141,18 +261,23 @@ def _may_belong(path: str, suites: list[str] | None, names: list[str] | None) ->
         h in p.stem for h in hints)
 
 
-def build_items(specs: list[TaskSpec], task_dirs: list[Path], *, limit: int | None) -> None:
+def build_items(specs: list[TaskSpec], task_dirs: list[Path], *, limit: int | None,
+                options: GenOptions | None = None) -> None:
     """Let lm-eval build the docs, prompts and targets; fill `spec.items` in place."""
     from lm_eval.tasks import TaskManager
 
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
-    manager = TaskManager(include_path=[str(d) for d in task_dirs], include_defaults=False)
+    options = options or GenOptions.from_env()
+    meta = options.as_metadata()
+    manager = TaskManager(include_path=[str(d) for d in task_dirs], include_defaults=False,
+                          metadata=meta or None)
+    for spec in specs:
+        if spec.needs_hub:
+            _hub_preflight(spec)
     try:
         loaded = manager.load([s.name for s in specs])["tasks"]
     except Exception as exc:  # lm-eval raises many types; the user needs the file and the cause
-        raise DsparityError("tasks", ", ".join(s.name for s in specs),
-                            f"lm-eval could not build the task ({type(exc).__name__}: {exc})",
-                            "run `dsparity tasks validate` for the file and field") from None
+        raise _load_error(specs, exc) from None
     for spec in specs:
         task = loaded[spec.name]
         docs = list(task.eval_docs)
@@ -161,6 +286,54 @@ def build_items(specs: list[TaskSpec], task_dirs: list[Path], *, limit: int | No
         spec.task_hash = sha([spec.name, spec.settings, task.config.to_dict(keep_callable=False)
                               if hasattr(task.config, "to_dict") else {},
                               [it.doc_hash for it in spec.items]])
+
+
+def _load_error(specs: list[TaskSpec], exc: Exception) -> DsparityError:
+    cause = exc
+    while cause is not None and not isinstance(cause, DsparityError):
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(cause, DsparityError):
+        return cause
+    first = (str(exc).strip().splitlines() or [""])[0]
+    hub = [s for s in specs if s.needs_hub]
+    if hub:
+        spec = hub[0]
+        return DsparityError(str(spec.yaml_path), "dataset_path",
+                             f"{spec.name} needs the Hugging Face hub for "
+                             f"{spec.config.get('dataset_path')!r} ({type(exc).__name__}: {first})",
+                             "run where huggingface.co is reachable (HF_TOKEN for gated sets), "
+                             "or fill the datasets cache there first")
+    return DsparityError("tasks", ", ".join(s.name for s in specs),
+                         f"lm-eval could not build the task ({type(exc).__name__}: {first})",
+                         "run `dsparity tasks validate` for the file and field")
+
+
+def _hub_preflight(spec: TaskSpec) -> None:
+    """Fail in one line before lm-eval starts a download that cannot work."""
+    offline = any(os.environ.get(v, "").lower() in ("1", "true", "yes")
+                  for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+    if offline and not _in_datasets_cache(spec):
+        raise DsparityError(str(spec.yaml_path), "dataset_path",
+                            f"{spec.name} needs the Hugging Face hub for "
+                            f"{spec.config.get('dataset_path')!r}, and HF_HUB_OFFLINE is set with "
+                            "nothing cached", "run where huggingface.co is reachable, unset "
+                            "HF_HUB_OFFLINE, or pick offline suites (dsparity tasks list)")
+    if not offline:
+        try:
+            socket.create_connection(("huggingface.co", 443), timeout=5).close()
+        except OSError as exc:
+            raise DsparityError(str(spec.yaml_path), "dataset_path",
+                                f"{spec.name} needs the Hugging Face hub, which is unreachable "
+                                f"({exc.__class__.__name__})",
+                                "run where huggingface.co is reachable, or pick offline suites "
+                                "(dsparity tasks list)") from None
+
+
+def _in_datasets_cache(spec: TaskSpec) -> bool:
+    path = str(spec.config.get("dataset_path", ""))
+    root = Path(os.environ.get("HF_DATASETS_CACHE") or
+                Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "datasets")
+    return root.is_dir() and any(root.glob(path.replace("/", "___") + "*"))
 
 
 def _make_item(spec: TaskSpec, task, doc_id: int, doc: dict) -> TaskItem:
@@ -182,9 +355,14 @@ def _make_item(spec: TaskSpec, task, doc_id: int, doc: dict) -> TaskItem:
 
 
 def load_tasks(*, suites: list[str] | None = None, names: list[str] | None = None,
-               limit: int | None = None, include: list[Path] | None = None) -> list[TaskSpec]:
+               limit: int | None = None, include: list[Path] | None = None,
+               size: int | None = None, seed: int | None = None) -> list[TaskSpec]:
     task_dirs = [BUILTIN_TASKS, *(include or [])]
     specs, problems = scan(task_dirs)
     chosen = select(specs, problems, suites=suites, names=names)
-    build_items(chosen, task_dirs, limit=limit)
+    build_items(chosen, task_dirs, limit=limit, options=GenOptions.from_env(size=size, seed=seed))
     return chosen
+
+
+__all__ = ["BUILTIN_TASKS", "TaskItem", "TaskSpec", "build_items", "count_items", "load_tasks",
+           "scan", "select", "sha"]

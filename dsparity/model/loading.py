@@ -146,18 +146,21 @@ def load_causal_lm(name_or_path: str, *, dtype: str = "float32", device: str = "
     resolved = resolve(name_or_path)
     torch_dtype = getattr(torch, dtype)
     kwargs = {"gguf_file": resolved.gguf_file} if resolved.gguf_file else {}
+    # A model too big for one GPU is spread over all of them (transformers/accelerate device_map).
+    spread = device == "cuda" and torch.cuda.device_count() > 1
+    model_kwargs = {"device_map": "auto"} if spread else {}
     offline = resolved.revision != "hub"
     try:
         tokenizer = AutoTokenizer.from_pretrained(resolved.path, local_files_only=offline, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(
-            resolved.path, dtype=torch_dtype, local_files_only=offline, **kwargs)
+            resolved.path, dtype=torch_dtype, local_files_only=offline, **kwargs, **model_kwargs)
     except OSError as exc:
         raise DsparityError(f"model {name_or_path}", "weights", str(exc).splitlines()[0],
                             "pre-fetch the model into the Hugging Face cache or give a folder") from exc
     if resolved.gguf_file and name_or_path in EMBEDDED:
         _save_safetensors_copy(model, tokenizer, cache_root() / name_or_path / "safetensors")
     model.eval()
-    return model.to(device), tokenizer, resolved
+    return (model if spread else model.to(device)), tokenizer, resolved
 
 
 def _save_safetensors_copy(model, tokenizer, folder: Path) -> None:

@@ -26,6 +26,7 @@ def make_item(i: int, chars: int, depth: float, rng: random.Random) -> dict:
         "context": context.strip(),
         "question": f"What is the special magic number for {KEYS[i]}? Answer with the number only.",
         "answer": value,
+        "target_chars": chars,
         "length_chars": len(context),
         "depth": depth,
     }

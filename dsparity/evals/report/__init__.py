@@ -28,7 +28,7 @@ VERDICT_WORDS = {
 
 def _env() -> Environment:
     env = Environment(loader=PackageLoader("dsparity.evals.report", "templates"),
-                      autoescape=select_autoescape(["html", "j2.html"]),
+                      autoescape=select_autoescape(["html", "j2.html", "css"]),
                       trim_blocks=True, lstrip_blocks=True)
     env.filters["pct"] = lambda v: "n/a" if v is None else f"{100 * v:+.1f}"
     env.filters["pct0"] = lambda v: "n/a" if v is None else f"{100 * v:.1f}"
@@ -36,8 +36,20 @@ def _env() -> Environment:
     env.filters["ci"] = lambda c: "n/a" if not c or c[0] is None else \
         f"[{100 * c[0]:+.1f}, {100 * c[1]:+.1f}]"
     env.filters["clip"] = lambda s, n=600: s if len(s) <= n else s[:n] + f"… [{len(s) - n} more chars]"
+    env.filters["num"] = lambda v, digits=0: "–" if v is None else f"{v:.{digits}f}"
+    env.filters["money"] = lambda v: "–" if v is None else f"{v:.4f}"
+    env.filters["heat"] = heat_color
+    env.filters["mdcode"] = lambda s: s.replace("\n", " ").replace("`", "'").replace("|", "\\|")
     env.globals["verdict_words"] = VERDICT_WORDS
     return env
+
+
+def heat_color(value: float, diverging: bool = False) -> str:
+    """Cell colour: red-to-green for accuracy, blue/red around zero for a difference."""
+    if diverging:
+        v = max(-1.0, min(1.0, value))
+        return f"hsl({210 if v >= 0 else 0}, 70%, {100 - 45 * abs(v):.0f}%)"
+    return f"hsl({120 * max(0.0, min(1.0, value)):.0f}, 65%, 78%)"
 
 
 def reproduce_command(comparison: dict[str, Any]) -> str:

@@ -36,7 +36,8 @@ def forest_plot_svg(tasks: list[dict], margin: float, *, width: int = 640) -> st
                   f'stroke="{color}" stroke-width="2"/>',
                   f'<circle cx="{x(t["diff"]):.1f}" cy="{y:.1f}" r="4" fill="{color}"/>']
     axis_y = top + row_h * len(rows) + 18
-    for v in (-span, -margin, 0.0, margin, span):
+    ticks = [-span, 0.0, span] + ([-margin, margin] if margin / span > 0.15 else [])  # no overlaps
+    for v in ticks:
         parts.append(f'<text x="{x(v):.1f}" y="{axis_y}" text-anchor="middle" font-size="11">'
                      f'{100 * v:+.0f}</text>')
     parts.append("</svg>")
