@@ -45,7 +45,7 @@ def start_server() -> tuple[subprocess.Popen, str]:
 
 def make_tasks(folder: Path, n: int) -> Path:
     sys.path.insert(0, str(ROOT / "tests"))
-    from test_backends_faults import make_suite
+    from task_folders import make_suite
 
     return make_suite(folder / "bulk", n)
 

@@ -118,3 +118,30 @@ def test_a_a_comparison_is_not_called_a_difference(tmp_path):
     result = compare_runs(store, a.run_id, b.run_id, margin=0.05)
     for t in result["tasks"]:
         assert t["diff"] == 0.0 and t["verdict"] in ("equivalent", "inconclusive")
+
+
+def test_a_a_on_a_large_suite_is_equivalent_and_a_planted_regression_is_worse(tmp_path):
+    from task_folders import make_suite
+
+    tasks = load_tasks(names=["bulk"], include=[make_suite(tmp_path / "t" / "bulk", 400)])
+    store = Store(f"sqlite:///{tmp_path / 'r.db'}")
+
+    def corrupted(prompt: str) -> str:  # wrong on every 10th item
+        return "41" if int(prompt.split()[1].rstrip(":")) % 10 == 0 else "42"
+
+    def bulk_run(answer, label):
+        async def go():
+            with ServerThread(scripted_app(answer)) as server:
+                spec = parse_spec(f"openai:scripted@{server.base_url}?label={label}&concurrency=16")
+                return await execute_run(spec, tasks, RunSettings(suite="bulk"), store, show_progress=False)
+
+        return asyncio.run(go()).run_id
+
+    a, b = bulk_run(lambda p: "42", "a"), bulk_run(lambda p: "42", "b")
+    bad = bulk_run(corrupted, "bad")
+    same = compare_runs(store, a, b)  # default margin
+    assert same["tasks"][0]["verdict"] == "equivalent" and same["overall"]["verdict"] == "equivalent"
+    worse = compare_runs(store, bad, a)
+    assert worse["tasks"][0]["diff"] == pytest.approx(-0.1)
+    assert worse["tasks"][0]["verdict"] in ("worse", "materially_worse")
+    assert worse["overall"]["verdict"] in ("worse", "materially_worse")
