@@ -250,12 +250,40 @@ def report(
 
 
 @app.command()
-def grade(run_id: Annotated[str, typer.Argument(help="Run id")], db: Db = None) -> None:
-    """Re-grade a stored run with the current graders, without re-generating."""
+def grade(
+    run_id: Annotated[str, typer.Argument(help="Run id")], db: Db = None,
+    judge: Annotated[str | None, typer.Option(
+        "--judge", help="Judge model spec for judge graders (overrides the task's; "
+                        "default env DSPARITY_JUDGE)")] = None,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="Grader setting KEY=VALUE (YAML value) on top of each task's, "
+                      "e.g. timeout_s=20")] = None,
+    artifacts: Annotated[Path | None, typer.Option(
+        "--artifacts", help="Folder for web screenshots [default: env DSPARITY_ARTIFACTS "
+                            "or results/artifacts]")] = None,
+) -> None:
+    """Re-grade a stored run with the current graders and new settings, without re-generating."""
+    import yaml
+
+    from dsparity.evals.graders import override_settings
     from dsparity.evals.runner import grade_run
 
+    overrides: dict = {}
+    for item in set_ or []:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise DsparityError("--set", repr(item), "expected KEY=VALUE", "e.g. --set timeout_s=20")
+        overrides[key.strip()] = yaml.safe_load(value)
+    if judge:
+        from dsparity.evals.specs import parse_spec
+
+        parse_spec(judge, source="--judge")
+        overrides["judge"] = judge
+    if artifacts:
+        overrides["artifact_dir"] = str(artifacts)
     store = _existing_store(db)
-    n = grade_run(store, store.run(run_id)["id"], replace=True)
+    with override_settings(overrides):
+        n = grade_run(store, store.run(run_id)["id"], replace=True)
     out.print(f"graded {n} samples")
 
 
@@ -362,11 +390,12 @@ def tasks_show(
     spec = select(specs, problems, suites=None, names=[name])[0]
     build_items([spec], dirs, limit=None, options=GenOptions.from_env(size=size))
     out.print(f"[bold]{spec.name}[/]  suite {spec.suite}, grader {spec.grader}, {spec.n_docs} items")
-    out.print(f"file: {spec.yaml_path}")
+    out.print(f"file: {spec.yaml_path}", soft_wrap=True)
     settings = {k: v for k, v in spec.settings.items() if k != "rubric"}
-    out.print("settings: " + json.dumps(settings, ensure_ascii=False, default=str), highlight=False)
+    out.print("settings: " + json.dumps(settings, ensure_ascii=False, default=str), highlight=False,
+              soft_wrap=True)
     if "rubric" in spec.settings:
-        out.print("judge rubric:\n" + str(spec.settings["rubric"]).rstrip(), highlight=False)
+        out.print("judge rubric:\n" + str(spec.settings["rubric"]).rstrip(), highlight=False, soft_wrap=True)
     docs = [it.doc for it in spec.items]
     if docs and "target_tokens" in docs[0]:
         by_length: dict[int, list] = {}
@@ -377,20 +406,20 @@ def tasks_show(
             depths = [r["depth"] for r in rows if r.get("depth") is not None]
             out.print(f"  length {length}: {len(rows)} items, tokens {min(got)}-{max(got)}"
                       + (f", depths {', '.join(f'{d:.2f}' for d in depths)}" if depths else "")
-                      + f" ({rows[0]['tokenizer']})")
+                      + f" ({rows[0]['tokenizer']})", soft_wrap=True)
     if docs and "generator" in docs[0]:
         gens: dict[str, int] = {}
         for d in docs:
             gens[d["generator"]] = gens.get(d["generator"], 0) + 1
         out.print("generators: " + ", ".join(f"{g} x{n}" for g, n in gens.items())
-                  + f"; seed {docs[0]['seed'] // 1000}", highlight=False)
+                  + f"; seed {docs[0]['seed'] // 1000}", highlight=False, soft_wrap=True)
     for item in spec.items[:items]:
         prompt = item.request.messages[-1][1]
         short = prompt if len(prompt) <= 600 else prompt[:300] + f" [... {len(prompt) - 600} chars ...] " \
             + prompt[-300:]
         out.print(f"\n[bold]item {item.doc_id}[/] (doc {item.doc_hash}, max tokens "
-                  f"{item.request.max_tokens}) target: {item.target[:120]!r}")
-        out.print(short, highlight=False, markup=False)
+                  f"{item.request.max_tokens}) target: {item.target[:120]!r}", soft_wrap=True)
+        out.print(short, highlight=False, markup=False, soft_wrap=True)
 
 
 @tasks_app.command("validate")
@@ -430,14 +459,30 @@ _register_optional_commands()
 def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from typer.exceptions import TyperException
+
     try:
-        app()
+        code = app(standalone_mode=False)
     except DsparityError as exc:
-        console.print(f"[red]error:[/] {exc.line()}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        _fail(exc.line())
+    except typer.Abort:
+        _fail("aborted")
+    except TyperException as exc:  # bad flags: one line, not the usage box
+        ctx = getattr(exc, "ctx", None)
+        where = ctx.command_path if ctx else "dsparity"
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        if not message:  # no arguments: the help was printed, which is the answer
+            sys.exit(0)
+        _fail(f"{message} (see `{where} --help`)")
     except KeyboardInterrupt:
         console.print("interrupted: finished samples are stored; re-run the command to resume")
         sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _fail(line: str) -> None:
+    console.print(f"[red]error:[/] {line}", highlight=False, soft_wrap=True, markup=True)
+    sys.exit(2)
 
 
 if __name__ == "__main__":
