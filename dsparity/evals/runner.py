@@ -117,22 +117,8 @@ async def _generate_all(store: Store, backend: Backend, tasks: list[TaskSpec], s
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dsparity-store")
     loop = asyncio.get_running_loop()
 
-    async def one(item: TaskItem, repeat: int) -> None:
-        request = _request_for(item, repeat, settings)
-        cache_key = keys[(item.task, item.doc_id, repeat)]
-        completion = hits.get(cache_key)
-        cached = completion is not None
-        if completion is None:
-            async with slots:
-                if settings.budget is not None and result.cost >= settings.budget:
-                    result.stopped_by_budget = True
-                    advance()
-                    return  # not sent, not stored: a re-run with a higher budget continues here
-                completion = await backend.generate(request)
-            result.sent += 1
-        else:
-            result.from_cache += 1
-        cost = price.cost(completion.usage) if price and not cached else (0.0 if price else None)
+    async def save(item: TaskItem, repeat: int, request, completion, cache_key: str, cached: bool) -> None:
+        cost = None if price is None else (0.0 if cached else price.cost(completion.usage))
         result.cost += cost or 0.0
         fields = dict(doc_hash=item.doc_hash, prompt_hash=item.prompt_hash, target=item.target,
                       doc=item.doc, request=request.to_dict(), cached=int(cached), cost=cost)
@@ -142,6 +128,24 @@ async def _generate_all(store: Store, backend: Backend, tasks: list[TaskSpec], s
             result.errors += 1
             cls = completion.error_class or "unknown"
             result.error_classes[cls] = result.error_classes.get(cls, 0) + 1
+
+    async def one(item: TaskItem, repeat: int) -> None:
+        request = _request_for(item, repeat, settings)
+        cache_key = keys[(item.task, item.doc_id, repeat)]
+        if (completion := hits.get(cache_key)) is not None:
+            result.from_cache += 1
+            await save(item, repeat, request, completion, cache_key, cached=True)
+        else:
+            # The slot is held until the answer is stored, so a crash can lose at most
+            # `concurrency` answers, and only those are ever requested twice.
+            async with slots:
+                if settings.budget is not None and result.cost >= settings.budget:
+                    result.stopped_by_budget = True
+                    advance()
+                    return  # not sent, not stored: a re-run with a higher budget continues here
+                completion = await backend.generate(request)
+                result.sent += 1
+                await save(item, repeat, request, completion, cache_key, cached=False)
         advance()
 
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
