@@ -34,6 +34,7 @@ class _Replica:
         self.client = openai.AsyncOpenAI(base_url=url, api_key=key or "EMPTY", max_retries=0,
                                          timeout=timeout, http_client=openai.DefaultAioHttpClient())
         self.in_flight = 0
+        self.sent = 0
 
 
 class OpenAIBackend:
@@ -101,8 +102,9 @@ class OpenAIBackend:
         for attempt in range(self.retries + 1):
             await self._cool_down.wait()
             await self._limiter.acquire(estimate)
-            replica = min(self.replicas, key=lambda r: r.in_flight)
+            replica = min(self.replicas, key=lambda r: (r.in_flight, r.sent))  # least busy, then least used
             replica.in_flight += 1
+            replica.sent += 1
             self.attempts += 1
             delay = _backoff(attempt)
             try:
