@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import time
 import uuid
@@ -30,16 +31,19 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    inspect,
+    or_,
     select,
     update,
 )
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from dsparity.errors import DsparityError
 from dsparity.evals.backends.base import Completion
 
-SCHEMA_VERSION = 1
+# Bump with a function in MIGRATIONS: an older database is brought up to date when it is opened.
+SCHEMA_VERSION = 2
 MAX_TEXT_CHARS = 2_000_000  # a runaway answer is kept truncated and flagged, not stored whole
 
 metadata = MetaData()
@@ -124,6 +128,57 @@ comparisons = Table(
 )
 
 
+jobs = Table(
+    "jobs", metadata,
+    Column("name", String(200), primary_key=True),
+    Column("spec", JSON, nullable=False),  # the job file as loaded (no secrets: webhook URLs stay in env)
+    Column("path", Text),
+    Column("updated_at", Float, nullable=False),
+)
+
+job_runs = Table(
+    "job_runs", metadata,
+    Column("id", String(32), primary_key=True),
+    Column("job", String(200), nullable=False),
+    # The schedule slot (epoch seconds) this run is for; a manual run's slot is its start time.
+    # Unique with the job: two processes can never both record one slot.
+    Column("slot", Float, nullable=False),
+    Column("trigger", String(16), nullable=False),  # schedule | manual
+    Column("status", String(16), nullable=False),  # running | complete | failed
+    Column("holder", String(64), nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("finished_at", Float),
+    Column("candidate_run", String(32)),
+    Column("baseline_run", String(32)),
+    Column("comparison_id", String(32)),
+    Column("verdict", String(32)),
+    Column("cause", Text),  # why a failed run failed, one readable line
+    Column("summary", JSON),  # per-task figures, model revisions, dsparity version (for trends)
+    Column("drift", JSON),  # drift events against the job's previous run
+    Column("alerts", JSON),  # what was posted and how it went
+    UniqueConstraint("job", "slot", name="uq_job_slot"),
+)
+
+leases = Table(
+    "leases", metadata,
+    Column("name", String(200), primary_key=True),
+    Column("holder", String(64), nullable=False),
+    Column("acquired_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+)
+
+V1_TABLES = (meta, runs, samples, grades, responses, comparisons)
+
+
+def _migrate_to_2(c: Connection) -> None:
+    """Scheduled jobs: job definitions, their run history, and leases."""
+    for table in (jobs, job_runs, leases):
+        table.create(c, checkfirst=True)
+
+
+MIGRATIONS = {2: _migrate_to_2}  # version -> step from version - 1; each step is idempotent
+
+
 def default_url() -> str:
     return os.environ.get("DSPARITY_DB") or f"sqlite:///{Path('results') / 'dsparity.db'}"
 
@@ -140,22 +195,55 @@ class Store:
         self.url = url or default_url()
         self.engine = _connect(self.url)
         try:
-            metadata.create_all(self.engine)
-            self._check_version()
+            self._open_schema()
         except OperationalError as exc:
             raise DsparityError(f"database {self.url}", "", f"cannot open ({exc.orig})",
                                 "check the --db URL and that its folder is writable") from None
 
-    def _check_version(self) -> None:
-        with self.engine.begin() as c:
-            row = c.execute(select(meta.c.value).where(meta.c.key == "schema_version")).first()
-            if row is None:
-                with contextlib.suppress(IntegrityError):  # another process may have won the race
-                    c.execute(meta.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
-            elif int(row[0]) > SCHEMA_VERSION:
-                raise DsparityError(f"database {self.url}", "schema_version",
-                                    f"was written by a newer dsparity (schema {row[0]})",
-                                    "upgrade dsparity")
+    def _open_schema(self) -> None:
+        """Create a new database, or migrate an older one step by step (MIGRATIONS).
+
+        Several processes may open one database at once: the steps run under a write lock
+        (PostgreSQL advisory lock; SQLite's write lock) and are idempotent, and a lost race on
+        DDL is retried.
+        """
+        for attempt in range(5):
+            try:
+                with self.engine.begin() as c:
+                    self._migrate(c)
+                return
+            except DBAPIError:  # e.g. two processes creating one table; the loser sees it next time
+                if attempt == 4:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+
+    def _migrate(self, c: Connection) -> None:
+        if c.dialect.name == "postgresql":
+            c.exec_driver_sql("SELECT pg_advisory_xact_lock(7209331)")
+        meta.create(c, checkfirst=True)
+        # A write first: on SQLite it takes the write lock, so concurrent openers queue here.
+        c.execute(update(meta).where(meta.c.key == "schema_version").values(value=meta.c.value))
+        row = c.execute(select(meta.c.value).where(meta.c.key == "schema_version")).first()
+        if row is None:
+            has_runs = inspect(c).has_table("runs")
+            metadata.create_all(c)
+            # A pre-versioning database (tables, no version row) is version 1.
+            version = 1 if has_runs else SCHEMA_VERSION
+            c.execute(meta.insert().values(key="schema_version", value=str(version)))
+        else:
+            version = int(row[0])
+        if version > SCHEMA_VERSION:
+            raise DsparityError(f"database {self.url}", "schema_version",
+                                f"was written by a newer dsparity (schema {version})",
+                                "upgrade dsparity")
+        for step in range(version + 1, SCHEMA_VERSION + 1):
+            logging.getLogger("dsparity.store").info("migrating %s to schema %d", self.url, step)
+            MIGRATIONS[step](c)
+            c.execute(update(meta).where(meta.c.key == "schema_version").values(value=str(step)))
+
+    def schema_version(self) -> int:
+        with self.engine.connect() as c:
+            return int(c.execute(select(meta.c.value).where(meta.c.key == "schema_version")).scalar_one())
 
     # -- runs -------------------------------------------------------------------------------
     def find_or_create_run(self, key: str, **fields: Any) -> tuple[str, bool]:
@@ -228,7 +316,7 @@ class Store:
                    created_at=time.time(), **fields)
         where = (samples.c.run_id == run_id, samples.c.task == key.task,
                  samples.c.doc_id == key.doc_id, samples.c.repeat == key.repeat)
-        with self.engine.begin() as c:
+        with self._storage_errors(), self.engine.begin() as c:
             existing = c.execute(select(samples.c.error).where(*where)).first()
             if existing is not None and existing[0] is None:
                 return  # already answered: never overwrite an answer
@@ -241,6 +329,22 @@ class Store:
                         is None:
                     c.execute(responses.insert().values(key=cache_key, completion=stored,
                                                         created_at=time.time()))
+
+    @contextlib.contextmanager
+    def _storage_errors(self):
+        """A full disk or a read-only file stops the run with one line; the transaction that
+        failed is rolled back, so the store stays consistent and the run resumable."""
+        try:
+            yield
+        except OperationalError as exc:
+            message = str(exc.orig).lower()
+            if "full" in message or "no space" in message or "readonly" in message or \
+                    "read-only" in message or "disk i/o" in message:
+                raise DsparityError(f"database {self.url}", "storage",
+                                    f"cannot write ({exc.orig}); every answer stored so far is kept",
+                                    "free disk space (or fix permissions), then re-run the same "
+                                    "command to resume") from None
+            raise
 
     def run_cost(self, run_id: str) -> float:
         with self.engine.connect() as c:
@@ -284,6 +388,99 @@ class Store:
                 alpha=alpha, result=json.loads(json.dumps(result, default=str)),
                 created_at=time.time()))
         return cid
+
+    def comparison(self, cid: str) -> dict[str, Any] | None:
+        with self.engine.connect() as c:
+            row = c.execute(select(comparisons).where(comparisons.c.id == cid)).mappings().first()
+        return dict(row) if row else None
+
+    def list_comparisons(self) -> list[dict[str, Any]]:
+        """Every comparison without its (large) result, newest first, with verdict and labels."""
+        q = select(comparisons).order_by(comparisons.c.created_at.desc())
+        with self.engine.connect() as c:
+            rows = [dict(r) for r in c.execute(q).mappings()]
+        for r in rows:
+            result = r.pop("result")
+            r["verdict"] = result.get("overall", {}).get("verdict")
+            r["candidate_label"] = result.get("candidate", {}).get("label")
+            r["baseline_label"] = result.get("baseline", {}).get("label")
+            r["suite"] = result.get("candidate", {}).get("suite")
+        return rows
+
+    # -- jobs -------------------------------------------------------------------------------
+    def put_job(self, name: str, spec: dict[str, Any], path: str | None) -> None:
+        values = dict(spec=json.loads(json.dumps(spec, default=str)), path=path, updated_at=time.time())
+        with self.engine.begin() as c:
+            if c.execute(update(jobs).where(jobs.c.name == name).values(**values)).rowcount:
+                return
+        with contextlib.suppress(IntegrityError), self.engine.begin() as c:  # lost a race: fine
+            c.execute(jobs.insert().values(name=name, **values))
+
+    def list_jobs(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as c:
+            return [dict(r) for r in c.execute(select(jobs).order_by(jobs.c.name)).mappings()]
+
+    def start_job_run(self, job: str, slot: float, trigger: str, holder: str) -> str | None:
+        """Record a job run for this slot; None when the slot already has one (ran elsewhere)."""
+        jid = uuid.uuid4().hex[:12]
+        try:
+            with self.engine.begin() as c:
+                c.execute(job_runs.insert().values(id=jid, job=job, slot=slot, trigger=trigger,
+                                                   status="running", holder=holder,
+                                                   started_at=time.time()))
+        except IntegrityError:
+            return None
+        return jid
+
+    def finish_job_run(self, jid: str, **fields: Any) -> None:
+        fields.setdefault("finished_at", time.time())
+        for key in ("summary", "drift", "alerts"):
+            if fields.get(key) is not None:
+                fields[key] = json.loads(json.dumps(fields[key], default=str))
+        with self.engine.begin() as c:
+            c.execute(update(job_runs).where(job_runs.c.id == jid).values(**fields))
+
+    def job_runs(self, job: str | None = None) -> list[dict[str, Any]]:
+        """Job history, oldest first."""
+        q = select(job_runs).order_by(job_runs.c.started_at)
+        if job is not None:
+            q = q.where(job_runs.c.job == job)
+        with self.engine.connect() as c:
+            return [dict(r) for r in c.execute(q).mappings()]
+
+    def last_slot(self, job: str) -> float | None:
+        """The latest scheduled slot that has a run (of any outcome)."""
+        q = select(func.max(job_runs.c.slot)).where(job_runs.c.job == job,
+                                                    job_runs.c.trigger == "schedule")
+        with self.engine.connect() as c:
+            return c.execute(q).scalar()
+
+    # -- leases -----------------------------------------------------------------------------
+    def acquire_lease(self, name: str, holder: str, ttl_s: float) -> bool:
+        """Take (or extend our own) lease; False while another holder's lease is unexpired."""
+        now = time.time()
+        with self.engine.begin() as c:
+            got = c.execute(update(leases).where(
+                leases.c.name == name, or_(leases.c.expires_at < now, leases.c.holder == holder))
+                .values(holder=holder, acquired_at=now, expires_at=now + ttl_s)).rowcount
+        if got == 1:
+            return True
+        try:
+            with self.engine.begin() as c:
+                c.execute(leases.insert().values(name=name, holder=holder, acquired_at=now,
+                                                 expires_at=now + ttl_s))
+        except IntegrityError:
+            return False
+        return True
+
+    def release_lease(self, name: str, holder: str) -> None:
+        with self.engine.begin() as c:
+            c.execute(leases.delete().where(leases.c.name == name, leases.c.holder == holder))
+
+    def lease(self, name: str) -> dict[str, Any] | None:
+        with self.engine.connect() as c:
+            row = c.execute(select(leases).where(leases.c.name == name)).mappings().first()
+        return dict(row) if row else None
 
 
 def _cap(text: str) -> tuple[str, bool]:
