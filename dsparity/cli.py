@@ -58,6 +58,10 @@ def _load_tasks(suite: str | None, tasks: str | None, limit: int | None, include
                 size: int | None = None):
     from dsparity.evals.tasks import load_tasks
 
+    for folder in include or []:
+        if not folder.is_dir():
+            raise DsparityError("--include", str(folder), "no such task folder",
+                                "give a folder that holds task YAML files")
     suites = _split(suite) or (None if tasks else [DEFAULT_SUITE])
     return load_tasks(suites=suites, names=_split(tasks), limit=limit, include=include, size=size)
 
@@ -132,27 +136,13 @@ def compare(
 
 
 async def _compare(cand_spec, base_spec, task_specs, settings, db, margin, out_dir) -> None:
-    from dsparity.evals.backends import make_backend
-    from dsparity.evals.compare import compare_runs
-    from dsparity.evals.runner import execute_run
+    from dsparity.evals.comparison_flow import run_comparison
     from dsparity.evals.store import Store
 
-    base_backend = make_backend(base_spec)
-    await base_backend.start()  # cheap preflight first: a wrong URL fails before any model loads
-    cand_backend = make_backend(cand_spec)
-    try:
-        await cand_backend.start()
-    except BaseException:
-        await base_backend.close()
-        raise
-    store = Store(db)
-    console.print(f"[bold]candidate[/] {cand_spec.label}")
-    cand = await execute_run(cand_spec, task_specs, settings, store, backend=cand_backend)
-    console.print(f"[bold]baseline[/] {base_spec.label}")
-    base = await execute_run(base_spec, task_specs, settings, store, backend=base_backend)
-    _exit_if_budget_stopped([cand, base])
-    comparison = compare_runs(store, cand.run_id, base.run_id, margin=margin)
-    _write_report(store, comparison, out_dir)
+    store, outcome = await run_comparison(cand_spec, base_spec, task_specs, settings,
+                                          lambda: Store(db), margin, log=console.print)
+    _exit_if_budget_stopped([outcome.candidate, outcome.baseline])
+    _write_report(store, outcome.comparison, out_dir)
 
 
 def _exit_if_budget_stopped(results) -> None:
@@ -356,7 +346,8 @@ def tasks_list(include: Include = None, size: Size = None) -> None:
         lengths = options.lengths or s.settings.get("lengths")
         table.add_row(s.suite + (" (needs hub)" if s.needs_hub else ""), s.name,
                       "from hub" if n is None else str(n), s.grader,
-                      str(s.settings.get("max_tokens", "")),
+                      str(s.settings.get("max_tokens") or
+                          (s.config.get("generation_kwargs") or {}).get("max_gen_toks", "")),
                       ",".join(_klen(v) for v in lengths) if lengths and "kind" in s.settings else "",
                       str(s.settings.get("description", "")))
     out.print(table)
@@ -431,19 +422,144 @@ def tasks_validate(include: Include = None) -> None:
 
     dirs = [BUILTIN_TASKS, *(include or [])]
     specs, problems = scan(dirs)
-    for name, spec in sorted(specs.items()):
-        if spec.needs_hub:
-            continue
+    offline = [spec for _, spec in sorted(specs.items()) if not spec.needs_hub]
+    try:
+        build_items(offline, dirs, limit=1)  # all at once: one lm-eval index for the common case
+        offline = []
+    except DsparityError:
+        pass  # at least one is broken: build them one by one to name each
+    for spec in offline:
         try:
             build_items([spec], dirs, limit=1)
         except DsparityError as exc:
             problems.append(exc if exc.source != "tasks" else
-                            DsparityError(str(spec.yaml_path), name, exc.problem, exc.fix))
+                            DsparityError(str(spec.yaml_path), spec.name, exc.problem, exc.fix))
     for p in problems:
         out.print(p.line(), highlight=False, soft_wrap=True)
     out.print(f"{len(specs)} tasks, {len(problems)} problems")
     if problems:
         raise typer.Exit(1)
+
+
+jobs_app = typer.Typer(no_args_is_help=True, help="Scheduled comparison jobs (YAML job files).")
+app.add_typer(jobs_app, name="jobs")
+Now = Annotated[str | None, typer.Option(
+    "--now", help="Pretend it is this time (ISO 8601, e.g. 2026-01-02T03:00:00+00:00): for tests "
+                  "and backfills")]
+Quiet = Annotated[bool, typer.Option("--quiet", help="No progress bars")]
+
+
+def _parse_now(now: str | None) -> float | None:
+    from datetime import UTC, datetime
+
+    if now is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(now)
+    except ValueError:
+        raise DsparityError("--now", repr(now), "not an ISO 8601 time", "e.g. 2026-01-02T03:00:00+00:00") \
+            from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+@jobs_app.command("run")
+def jobs_run(
+    file: Annotated[Path, typer.Argument(help="Job file (YAML)")], db: Db = None, quiet: Quiet = False,
+) -> None:
+    """Run one job now and record it in the job's history (exit 1: drift or regression, 4: failed)."""
+    from dsparity.evals.jobs import load_job, run_job
+    from dsparity.evals.store import Store
+
+    job = load_job(file)
+    outcome = run_job(Store(db), job, trigger="manual", log=console.print, show_progress=not quiet)
+    if outcome.status == "skipped":
+        raise DsparityError(f"job {job.name}", "lease", "is running in another process",
+                            "wait for it to finish")
+    out.print(f"job {job.name}: run {outcome.job_run} {outcome.status}"
+              + (f", verdict {outcome.verdict}, comparison {outcome.comparison_id}"
+                 if outcome.verdict else "") + (f", cause: {outcome.cause}" if outcome.cause else ""),
+              highlight=False, soft_wrap=True)
+    raise typer.Exit(outcome.exit_code)
+
+
+@jobs_app.command("run-due")
+def jobs_run_due(
+    folder: Annotated[Path, typer.Argument(help="Folder of job files")], db: Db = None,
+    now: Now = None, quiet: Quiet = False,
+) -> None:
+    """Run every job whose latest cron slot has no run yet; call it from cron, a systemd timer
+    or a Kubernetes CronJob. Exit: 0 fine, 1 drift or regression, 4 a run failed."""
+    from dsparity.evals.jobs import run_due
+    from dsparity.evals.store import Store
+
+    outcomes, problems = run_due(Store(db), folder, now=_parse_now(now), log=console.print,
+                                 show_progress=not quiet)
+    for p in problems:
+        console.print(f"[red]broken job file:[/] {p.line()}", highlight=False, soft_wrap=True)
+    ran = [o for o in outcomes if o.status != "skipped"]
+    for o in ran:
+        out.print(f"job {o.job}: run {o.job_run} {o.status}"
+                  + (f", verdict {o.verdict}" if o.verdict else "")
+                  + (f", {len(o.drift)} drift event(s)" if o.drift else "")
+                  + (f", cause: {o.cause}" if o.cause else ""), highlight=False, soft_wrap=True)
+    if not ran:
+        out.print("no job due")
+    code = max([o.exit_code for o in outcomes] + [0])
+    if problems and code == 0:
+        code = 2
+    raise typer.Exit(code)
+
+
+@jobs_app.command("daemon")
+def jobs_daemon(folder: Annotated[Path, typer.Argument(help="Folder of job files")], db: Db = None) -> None:
+    """Run due jobs forever (for machines without cron); re-reads the folder at every wake-up."""
+    from dsparity.evals.jobs import daemon
+    from dsparity.evals.store import Store
+
+    console.print(f"dsparity jobs daemon: watching {folder}")
+    daemon(Store(db), folder, log=console.print)
+
+
+@jobs_app.command("history")
+def jobs_history(name: Annotated[str | None, typer.Argument(help="Job name [default: all]")] = None,
+                 db: Db = None) -> None:
+    """A job's past runs: when, outcome, verdict, drift events, cause."""
+    store = _existing_store(db)
+    table = Table()
+    for col in ("job", "run", "trigger", "started", "status", "verdict", "drift", "cause"):
+        table.add_column(col, overflow="fold")
+    for r in store.job_runs(name):
+        table.add_row(r["job"], r["id"], r["trigger"],
+                      time.strftime("%Y-%m-%d %H:%M", time.localtime(r["started_at"])), r["status"],
+                      r["verdict"] or "", str(len(r["drift"] or [])), r["cause"] or "")
+    out.print(table)
+
+
+@app.command()
+def dashboard(
+    db: Db = None,
+    host: Annotated[str, typer.Option(help="Bind address (anything but loopback needs a token)")]
+    = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port")] = 8765,
+    token_env: Annotated[str, typer.Option(
+        help="Environment variable holding the access token")] = "DSPARITY_DASHBOARD_TOKEN",
+) -> None:
+    """Browse runs, comparisons, samples and job trends in a browser (read-only)."""
+    import uvicorn
+
+    from dsparity.evals.dashboard import create_app, is_loopback
+
+    token = os.environ.get(token_env) or None
+    if not is_loopback(host) and not token:
+        raise DsparityError("--host", host, f"binding beyond loopback needs a token in ${token_env}",
+                            f"export {token_env}=<a long random string>, or bind 127.0.0.1")
+    from sqlalchemy.engine import make_url
+
+    store = _existing_store(db)
+    shown = make_url(store.url).render_as_string(hide_password=True)  # never print a password
+    console.print(f"dsparity dashboard on http://{host}:{port}/ over {shown}"
+                  + (" (token required)" if token else ""), soft_wrap=True)
+    uvicorn.run(create_app(store, token=token), host=host, port=port, log_level="warning")
 
 
 def _register_optional_commands() -> None:

@@ -67,7 +67,9 @@ def load_prices(path: Path | None) -> dict[str, Price]:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError) as exc:
-        raise DsparityError(str(path), "", f"cannot read the price table ({exc})",
+        mark = getattr(exc, "problem_mark", None)
+        why = f"not valid YAML at line {mark.line + 1}" if mark else str(exc).splitlines()[0]
+        raise DsparityError(str(path), "", f"cannot read the price table ({why})",
                             "give a YAML file of NAME: {input_cache_hit, input_cache_miss, output, "
                             "currency, as_of}") from None
     if not isinstance(raw, dict):

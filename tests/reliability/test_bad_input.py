@@ -1,0 +1,135 @@
+"""Bad input, 30+ kinds: each gets one line naming the source and the fix, exits 2, and leaves
+the results store exactly as it was."""
+
+import sqlite3
+import sys
+from pathlib import Path
+
+import pytest
+
+from dsparity import cli
+from dsparity.evals.store import Store
+from dsparity.evals.tasks import BUILTIN_TASKS
+
+GOOD_YAML = """task: {name}
+custom_dataset: !function utils.load
+dataset_kwargs:
+  data_file: {data}
+test_split: test
+output_type: generate_until
+doc_to_text: "{{{{question}}}}"
+doc_to_target: "{{{{answer}}}}"
+metadata:
+  version: 1
+  dsparity:
+    suite: bad
+    grader: exact
+"""
+TASK_FILES = {
+    "bad_yaml": ("task: [unclosed\n", "not valid YAML"),
+    "missing_field": (GOOD_YAML.replace("output_type: generate_until\n", ""), "output_type: missing"),
+    "unknown_grader": (GOOD_YAML.replace("grader: exact", "grader: vibes"), "unknown grader"),
+    "loglikelihood": (GOOD_YAML.replace("generate_until", "loglikelihood"), "not supported"),
+    "settings_list": (GOOD_YAML.replace("  dsparity:\n    suite: bad\n    grader: exact\n",
+                                        "  dsparity: [1, 2]\n"), "must be a mapping"),
+    "not_mapping": ("- just\n- a list\n", "must be a YAML mapping"),
+}
+DATA_FILES = {
+    "broken_json": ('{"question": "q", "answer": "a"}\n{oops\n', "data.jsonl:2: not valid JSON"),
+    "not_object": ('["q", "a"]\n', "not a JSON object"),
+}
+
+
+def _task_dir(tmp_path: Path, name: str, yaml_text: str, data: str = "data.jsonl",
+              data_text: str = '{"question": "q", "answer": "a"}\n') -> Path:
+    root = tmp_path / "tasks"
+    folder = root / name
+    folder.mkdir(parents=True)
+    (root / "_dsparity_data.py").write_text((BUILTIN_TASKS / "_dsparity_data.py").read_text())
+    (folder / "utils.py").write_text((BUILTIN_TASKS / "smoke" / "utils.py").read_text())
+    (folder / "data.jsonl").write_text(data_text)
+    (folder / f"{name}.yaml").write_text(yaml_text.format(name=name, data=data) if "{name}" in yaml_text
+                                         else yaml_text)
+    return root
+
+
+def _cases(tmp_path: Path) -> list[tuple[list[str], str]]:
+    cases: list[tuple[list[str], str]] = [
+        # model specs
+        (["run", "--model", "smollm2"], "must start with `local:` or `openai:`"),
+        (["run", "--model", "local:"], "no model after"),
+        (["run", "--model", "local:x?topk=many"], "topk"),
+        (["run", "--model", "local:x?attention=sparse"], "attention"),
+        (["run", "--model", "local:x?colour=red"], "unknown option"),
+        (["run", "--model", "local:x?dtype=float8"], "dtype"),
+        (["run", "--model", "openai:deepseek-chat"], "MODEL@BASE_URL"),
+        (["run", "--model", "openai:m@ftp://host/v1"], "not an http(s) URL"),
+        (["run", "--model", "openai:m@https://api.example.invalid/v1?api_key_env=DSPARITY_NO_SUCH_VAR"],
+         "DSPARITY_NO_SUCH_VAR is not set"),
+        (["run", "--model", "openai:m@http://127.0.0.1:9/v1?retries=-1"], "retries"),
+        (["run", "--model", "local:/no/such/folder"], "not a built-in model"),
+        (["run", "--model", "local:/no/such/model.gguf"], "no such GGUF file"),
+        (["compare", "--candidate", "local:x?topk=0"], "--candidate"),
+        (["compare", "--baseline", "openai:m"], "--baseline"),
+        # CLI flags
+        (["run", "--model", "local:x", "--limit", "abc"], "--limit"),
+        (["run", "--model", "local:x", "--limit", "0"], "--limit"),
+        (["run", "--model", "local:x", "--repeats", "0"], "--repeats"),
+        (["compare", "--margin", "2"], "--margin"),
+        (["compare", "--budget", "-1"], "--budget"),
+        (["run", "--model"], "--model"),
+        (["frobnicate"], "No such command"),
+        (["run", "--model", "local:x", "--suite", "nosuch"], "no such suite"),
+        (["run", "--model", "local:x", "--tasks", "nosuch_task"], "no such task"),
+        (["run", "--model", "local:x", "--include", str(tmp_path / "nowhere")], "no such task folder"),
+        # stores and prices
+        (["runs", "--db", "mysql+nodriver://x/y"], "--db"),
+        (["report", "feedface", "deadbeef"], "no such run"),
+    ]
+    prices_bad = tmp_path / "prices.yaml"
+    prices_bad.write_text("m: {input: 1}\n")
+    cases.append((["run", "--model", "openai:m@http://127.0.0.1:9/v1", "--prices", str(prices_bad)],
+                  "bad price row"))
+    prices_broken = tmp_path / "prices2.yaml"
+    prices_broken.write_text("m: [unclosed\n")
+    cases.append((["run", "--model", "openai:m@http://127.0.0.1:9/v1", "--prices", str(prices_broken)],
+                  "cannot read the price table"))
+    for name, (text, words) in TASK_FILES.items():
+        root = _task_dir(tmp_path / name, name, text)
+        cases.append((["run", "--model", "local:x", "--tasks", name, "--include", str(root)], words))
+    for name, (data_text, words) in DATA_FILES.items():
+        root = _task_dir(tmp_path / name, name, GOOD_YAML, data_text=data_text)
+        cases.append((["run", "--model", "local:x", "--tasks", name, "--include", str(root)], words))
+    escape = _task_dir(tmp_path / "escape", "escape", GOOD_YAML, data="../" * 16 + "etc/hostname")
+    cases.append((["run", "--model", "local:x", "--tasks", "escape", "--include", str(escape)],
+                  "leaves the task folder"))
+    return cases
+
+
+def _dump(db: Path) -> list[str]:
+    with sqlite3.connect(db) as c:
+        return list(c.iterdump())
+
+
+def test_every_bad_input_gets_one_line_and_the_store_is_untouched(tmp_path, monkeypatch, capsys):
+    db = tmp_path / "store.db"
+    Store(f"sqlite:///{db}")
+    before = _dump(db)
+    cases = _cases(tmp_path)
+    assert len(cases) >= 30
+    failures = []
+    for args, words in cases:
+        argv = ["dsparity", *args]
+        if "--db" not in args:
+            argv[2:2] = ["--db", f"sqlite:///{db}"]
+        monkeypatch.setattr(sys, "argv", argv)
+        with pytest.raises(SystemExit) as exit_:
+            cli.main()
+        err = capsys.readouterr().err
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        ok = (exit_.value.code == 2 and len(lines) == 1 and lines[0].startswith("error:")
+              and words in err and ("fix:" in err or "--help" in err) and "Traceback" not in err)
+        if not ok:
+            failures.append((args, exit_.value.code, err))
+    assert not failures, "\n".join(f"{a} -> {c}: {e}" for a, c, e in failures)
+    assert _dump(db) == before
