@@ -13,7 +13,7 @@ import threading
 from collections import Counter
 
 FAULTS = ("rate_limit", "server_500", "server_503", "hang", "drop", "reset", "bad_json",
-          "truncated_stream", "empty_choices")
+          "truncated_stream", "empty_choices", "reasoning_only")
 
 
 class FaultServer:
@@ -122,6 +122,12 @@ class FaultServer:
                  claim_more=1000)
             await writer.drain()
             return False
+        elif fault == "reasoning_only":  # a thinking model that spent its budget before answering
+            _send(writer, 200, {"id": "x", "object": "chat.completion", "created": 0, "model": self.model,
+                                "choices": [{"index": 0, "finish_reason": "length", "message": {
+                                    "role": "assistant", "content": None,
+                                    "reasoning_content": "let me think step by step"}}],
+                                "usage": {"prompt_tokens": 10, "completion_tokens": 8, "total_tokens": 18}})
         elif fault == "empty_choices":
             _send(writer, 200, {"id": "x", "object": "chat.completion", "created": 0, "model": self.model,
                                 "choices": []})

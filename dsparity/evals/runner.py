@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from dsparity.evals import provenance
@@ -149,7 +150,8 @@ async def _generate_all(store: Store, backend: Backend, tasks: list[TaskSpec], s
         advance()
 
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), disable=not show_progress, transient=False) as bar:
+                  TimeElapsedColumn(), disable=not show_progress, transient=False,
+                  console=Console(stderr=True)) as bar:
         job = bar.add_task(f"{backend.identity.get('model')} ", total=len(todo))
 
         def advance() -> None:
