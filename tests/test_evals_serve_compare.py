@@ -145,3 +145,28 @@ def test_a_a_on_a_large_suite_is_equivalent_and_a_planted_regression_is_worse(tm
     assert worse["tasks"][0]["diff"] == pytest.approx(-0.1)
     assert worse["tasks"][0]["verdict"] in ("worse", "materially_worse")
     assert worse["overall"]["verdict"] in ("worse", "materially_worse")
+
+
+def test_pairwise_judge_in_the_comparison(tmp_path, monkeypatch):
+    """A task that asks for a pairwise judge gets a win rate; a judge that always prefers the
+    first answer shown ties every prompt through the order swap (rate exactly 0.5)."""
+    from task_folders import make_suite
+
+    folder = make_suite(tmp_path / "t" / "bulk", 6)
+    yaml_file = folder / "bulk.yaml"
+    yaml_file.write_text(yaml_file.read_text().replace("grader: exact", "grader: exact\n    pairwise: true"))
+    tasks = load_tasks(names=["bulk"], include=[folder])
+    store = Store(f"sqlite:///{tmp_path / 'r.db'}")
+    ids = []
+    for answer in (lambda p: "42", lambda p: "forty-two"):
+        async def go(answer=answer):
+            with ServerThread(scripted_app(answer)) as server:
+                spec = parse_spec(f"openai:scripted@{server.base_url}?label=m{len(ids)}")
+                return await execute_run(spec, tasks, RunSettings(suite="bulk"), store, show_progress=False)
+        ids.append(asyncio.run(go()).run_id)
+    with ServerThread(scripted_app(lambda p: '{"verdict": "A", "reason": "first"}', model="judge")) as judge:
+        result = compare_runs(store, ids[0], ids[1], judge=f"openai:judge@{judge.base_url}")
+    pairwise = result["tasks"][0]["pairwise"]
+    assert pairwise["n"] == 6 and pairwise["ties"] == 6 and pairwise["win_rate"] == 0.5
+    html = render(result, tmp_path / "out", name="r")["html"].read_text()
+    assert "Pairwise judge" in html and "50.0" in html

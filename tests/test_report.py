@@ -76,3 +76,15 @@ def test_html_report_in_chromium_is_offline_quiet_and_inert(tmp_path):
         browser.close()
     assert errors == [] and requests == [] and pwned is None
     assert "<script>window.__pwned = 1</script>" in shown  # shown as text, not run
+
+
+def test_web_screenshots_are_embedded_not_linked(tmp_path):
+    import base64
+
+    png = tmp_path / "shot.png"
+    png.write_bytes(base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="))
+    c = fixture()
+    c["disagreements"][0]["candidate"]["details"] = {"screenshots": [str(png)], "reason": "balls escape"}
+    html = render(c, tmp_path / "out", name="r")["html"].read_text()
+    assert 'src="data:image/png;base64,iVBOR' in html and str(png) not in html
+    assert "judge: balls escape" in html

@@ -42,7 +42,7 @@ def _scored(store: Store, run_id: str) -> tuple[dict[PairKey, dict], list[dict]]
 
 def compare_runs(store: Store, candidate_run: str, baseline_run: str, *,
                  margin: float = DEFAULT_MARGIN, alpha: float = DEFAULT_ALPHA,
-                 iters: int = 10_000, seed: int = 0) -> dict[str, Any]:
+                 iters: int = 10_000, seed: int = 0, judge: str | None = None) -> dict[str, Any]:
     """The comparison as plain data (what the store keeps and every report renders)."""
     cand_run, base_run = store.run(candidate_run), store.run(baseline_run)
     cand, cand_samples = _scored(store, cand_run["id"])
@@ -55,6 +55,10 @@ def compare_runs(store: Store, candidate_run: str, baseline_run: str, *,
     tasks = sorted(set(cand_run["tasks"]) | set(base_run["tasks"]))
     per_task = [_task_result(t, by_task.get(t, []), cand, base, margin, alpha, iters, seed)
                 for t in tasks]
+    for t in per_task:
+        settings = (cand_run["tasks"].get(t["task"]) or {}).get("settings") or {}
+        if settings.get("pairwise"):
+            t["pairwise"] = pairwise_preference(by_task.get(t["task"], []), cand, base, settings, judge)
     return {
         "margin": margin, "alpha": alpha,
         "candidate": _run_summary(cand_run), "baseline": _run_summary(base_run),
@@ -103,6 +107,33 @@ def _overall(per_task: list[dict], margin: float) -> dict[str, Any]:
     return {"n": n_items, "tasks": len(usable), "diff": diff, "se": se, "ci90": list(ci90),
             "ci95": list(ci95), "verdict": verdict.value,
             "method": "macro average over tasks, normal CI"}
+
+
+def pairwise_preference(keys: list[PairKey], cand: dict, base: dict, settings: dict,
+                        judge: str | None) -> dict[str, Any]:
+    """A judge sees both answers in both orders (a disagreement is a tie); the candidate's win
+    rate over prompts, with its CI (grading.md 5.2: w = 0.5 is parity)."""
+    from dsparity.evals.graders.judge import pairwise_judge
+
+    spec = settings.get("judge") or judge
+    scores, clusters, details = [], [], []
+    for k in keys:
+        c, b = cand[k], base[k]
+        verdict = pairwise_judge(c["request"]["messages"][-1]["content"], c["text"], b["text"],
+                                 judge=spec, rubric=settings.get("pairwise_rubric"), doc=c["doc"])
+        if verdict.error:
+            details.append({"doc_id": k.doc_id, "error": verdict.error})
+            continue
+        scores.append(verdict.score_1)
+        clusters.append(k.doc_id)
+        details.append({"doc_id": k.doc_id, "winner": "candidate" if verdict.winner == "1" else
+                        "baseline" if verdict.winner == "2" else "tie", "consistent": verdict.consistent,
+                        "orders": verdict.orders})
+    if not scores:
+        return {"n": 0, "judge": spec, "errors": len(details), "details": details}
+    rate, lo, hi = stats.win_rate(np.array(scores), clusters=np.array(clusters))
+    return {"n": len(scores), "judge": spec, "win_rate": rate, "ci95": [lo, hi],
+            "ties": sum(s == 0.5 for s in scores), "errors": len(keys) - len(scores), "details": details}
 
 
 def _length_of(doc: dict) -> int | None:

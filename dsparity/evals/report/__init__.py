@@ -7,6 +7,7 @@ outside the file.
 
 from __future__ import annotations
 
+import base64
 import json
 import shlex
 from pathlib import Path
@@ -36,12 +37,23 @@ def _env() -> Environment:
     env.filters["ci"] = lambda c: "n/a" if not c or c[0] is None else \
         f"[{100 * c[0]:+.1f}, {100 * c[1]:+.1f}]"
     env.filters["clip"] = lambda s, n=600: s if len(s) <= n else s[:n] + f"… [{len(s) - n} more chars]"
+    env.filters["ci0"] = lambda c: "n/a" if not c or c[0] is None else \
+        f"[{100 * c[0]:.1f}, {100 * c[1]:.1f}]"
     env.filters["num"] = lambda v, digits=0: "–" if v is None else f"{v:.{digits}f}"
     env.filters["money"] = lambda v: "–" if v is None else f"{v:.4f}"
     env.filters["heat"] = heat_color
+    env.filters["png"] = embed_png
     env.filters["mdcode"] = lambda s: s.replace("\n", " ").replace("`", "'").replace("|", "\\|")
     env.globals["verdict_words"] = VERDICT_WORDS
     return env
+
+
+def embed_png(path: str, max_bytes: int = 2_000_000) -> str:
+    """A screenshot as a data: URL, so the HTML stays one self-contained file ("" if unreadable)."""
+    p = Path(path)
+    if p.suffix.lower() != ".png" or not p.is_file() or p.stat().st_size > max_bytes:
+        return ""
+    return "data:image/png;base64," + base64.b64encode(p.read_bytes()).decode()
 
 
 def heat_color(value: float, diverging: bool = False) -> str:
