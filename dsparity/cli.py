@@ -44,6 +44,8 @@ Size = Annotated[int | None, typer.Option(
 Margin = Annotated[float, typer.Option("--margin", min=0.0, max=1.0,
                                        help="Equivalence margin in score units (0.05 = 5 points)")]
 OutDir = Annotated[Path, typer.Option("--out", help="Folder for the reports")]
+Judge = Annotated[str | None, typer.Option(
+    "--judge", help="Model spec of the judge for tasks that ask for one [default: $DSPARITY_JUDGE]")]
 Budget = Annotated[float | None, typer.Option(
     "--budget", min=0.0, help="Stop sending requests once a run has cost this much (price currency)")]
 Prices = Annotated[Path | None, typer.Option(
@@ -229,13 +231,13 @@ def _wait_healthy(proc: subprocess.Popen, port: int, timeout: float = 600) -> No
 def report(
     candidate_run: Annotated[str, typer.Argument(help="Run id of the candidate")],
     baseline_run: Annotated[str, typer.Argument(help="Run id of the baseline")],
-    margin: Margin = 0.05, db: Db = None, out_dir: OutDir = Path("results/reports"),
+    margin: Margin = 0.05, db: Db = None, out_dir: OutDir = Path("results/reports"), judge: Judge = None,
 ) -> None:
     """Re-make a comparison from two stored runs (e.g. with a new margin) without re-running."""
     from dsparity.evals.compare import compare_runs
 
     store = _existing_store(db)
-    comparison = compare_runs(store, candidate_run, baseline_run, margin=margin)
+    comparison = compare_runs(store, candidate_run, baseline_run, margin=margin, judge=judge)
     _write_report(store, comparison, out_dir)
 
 

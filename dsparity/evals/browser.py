@@ -16,6 +16,7 @@ fps, screenshots, ...)`. Never `playwright install`: the system Chromium is used
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import io
 import json
 import os
@@ -33,13 +34,35 @@ from urllib.parse import urlparse
 from dsparity.errors import DsparityError
 
 CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser")
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
-                  "--autoplay-policy=no-user-gesture-required", "--mute-audio", "--disable-dev-shm-usage"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+    "--autoplay-policy=no-user-gesture-required",
+    "--mute-audio",
+    "--disable-dev-shm-usage",
+]
 PAGE_ORIGIN = "http://artifact.dsparity.test"  # a reserved TLD: never resolvable, always routed here
 WEB_LIBS_ENV = "DSPARITY_WEB_LIBS"
-# what scripts/setup installs (npm pack); the folder names are NAME@VERSION
-WEB_LIBS = {"p5": ("1.11.13", "2.3.4"), "three": ("0.160.1", "0.187.0"), "tone": ("15.5.44",)}
+
+
+def _read_libs() -> dict[str, tuple[str, ...]]:
+    """What scripts/setup installs (npm pack into NAME@VERSION folders), oldest version first."""
+    libs: dict[str, list[str]] = {}
+    for line in (Path(__file__).parent / "web-libs.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, version = line.strip().rpartition("@")
+            libs.setdefault(name, []).append(version)
+    key = lambda v: tuple(int(x) for x in re.findall(r"\d+", v))  # noqa: E731
+    return {name: tuple(sorted(vs, key=key)) for name, vs in libs.items()}
+
+
+WEB_LIBS = _read_libs()
 _IGNORED = ("/favicon.ico",)
 _DIFF_THRESHOLD = 25  # per-channel difference that counts a pixel as changed (pixelmatch ~0.1)
 
@@ -85,8 +108,11 @@ def web_libs_dir() -> Path:
 
 def web_libs_status() -> dict[str, bool]:
     root = web_libs_dir()
-    return {f"{name}@{v}": (root / f"{name}@{v}" / "package.json").exists()
-            for name, versions in WEB_LIBS.items() for v in versions}
+    return {
+        f"{name}@{v}": (root / f"{name}@{v}" / "package.json").exists()
+        for name, versions in WEB_LIBS.items()
+        for v in versions
+    }
 
 
 # ------------------------------------------------------------------------------------------------
@@ -94,7 +120,14 @@ def web_libs_status() -> dict[str, bool]:
 
 _CDNJS = re.compile(r"/ajax/libs/(?P<pkg>[\w.\-]+)/(?P<ver>[^/]+)/(?P<path>.+)$")
 _NPM = re.compile(r"/(?:npm/)?(?P<pkg>p5|three|tone)(?:@(?P<ver>[^/]+))?(?:/(?P<path>.*))?$", re.IGNORECASE)
-_CDNJS_NAMES = {"p5.js": "p5", "p5": "p5", "three.js": "three", "three": "three", "tone": "tone", "tone.js": "tone"}
+_CDNJS_NAMES = {
+    "p5.js": "p5",
+    "p5": "p5",
+    "three.js": "three",
+    "three": "three",
+    "tone": "tone",
+    "tone.js": "tone",
+}
 _ENTRY = {"p5": "lib/p5.min.js", "three": "build/three.module.js", "tone": "build/Tone.js"}
 
 
@@ -185,13 +218,20 @@ _INIT = r"""
     const rate = analyser.context.sampleRate;
     d.audio.sampleRate = rate;
     const floor = isFloat ? -90 : 10;
-    if (best > 0 && bestVal > floor) { d.audio.peakHz = best * rate / analyser.fftSize; d.audio.peakValue = bestVal; }
+    if (best > 0 && bestVal > floor) {
+      d.audio.peakHz = best * rate / analyser.fftSize;
+      d.audio.peakValue = bestVal;
+    }
   };
   if (window.AnalyserNode) {
     const P = AnalyserNode.prototype;
     const byteF = P.getByteFrequencyData, floatF = P.getFloatFrequencyData;
-    P.getByteFrequencyData = function (arr) { const r = byteF.call(this, arr); record(this, arr, false); return r; };
-    P.getFloatFrequencyData = function (arr) { const r = floatF.call(this, arr); record(this, arr, true); return r; };
+    P.getByteFrequencyData = function (arr) {
+      const r = byteF.call(this, arr); record(this, arr, false); return r;
+    };
+    P.getFloatFrequencyData = function (arr) {
+      const r = floatF.call(this, arr); record(this, arr, true); return r;
+    };
   }
 })();
 """
@@ -227,10 +267,20 @@ def tone_wav(freq_hz: float = 1000.0, seconds: float = 4.0, rate: int = 44100) -
 # ------------------------------------------------------------------------------------------------
 
 
-def render(html: str, *, seconds: float = 3.0, seed: int = 0, width: int = 800, height: int = 600,
-           shots: int = 3, artifact_dir: str | Path | None = None, name: str = "page",
-           load_timeout_s: float = 5.0, audio_tone_hz: float | None = None, sandbox: bool | None = None
-           ) -> PageReport:
+def render(
+    html: str,
+    *,
+    seconds: float = 3.0,
+    seed: int = 0,
+    width: int = 800,
+    height: int = 600,
+    shots: int = 3,
+    artifact_dir: str | Path | None = None,
+    name: str = "page",
+    load_timeout_s: float = 5.0,
+    audio_tone_hz: float | None = None,
+    sandbox: bool | None = None,
+) -> PageReport:
     """Load `html` (served from a routed fake origin), watch it for `seconds`, take `shots`
     screenshots evenly spread over that time (saved under `artifact_dir` when given, else in a
     temporary folder that is removed: then `path` is None), and report.
@@ -241,18 +291,38 @@ def render(html: str, *, seconds: float = 3.0, seed: int = 0, width: int = 800, 
     """
     chromium = chromium_path()
     if chromium is None:
-        raise BrowserUnavailable("web", "chromium", "the system Chromium is not installed",
-                                 "run `scripts/setup` or `apt-get install chromium`")
+        raise BrowserUnavailable(
+            "web",
+            "chromium",
+            "the system Chromium is not installed",
+            "run `scripts/setup` or `apt-get install chromium`",
+        )
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:
-        raise BrowserUnavailable("web", "playwright", "the playwright package is not installed",
-                                 "pip install playwright (never `playwright install`: the system Chromium is used)"
-                                 ) from None
+        raise BrowserUnavailable(
+            "web",
+            "playwright",
+            "the playwright package is not installed",
+            "pip install playwright (never `playwright install`: the system Chromium is used)",
+        ) from None
     # Playwright's sync API refuses to run inside an asyncio loop (graders may be called from one)
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="dsparity-browser") as pool:
-        return pool.submit(_render, html, chromium, seconds, seed, width, height, shots, artifact_dir, name,
-                           load_timeout_s, audio_tone_hz, sandbox).result()
+        return pool.submit(
+            _render,
+            html,
+            chromium,
+            seconds,
+            seed,
+            width,
+            height,
+            shots,
+            artifact_dir,
+            name,
+            load_timeout_s,
+            audio_tone_hz,
+            sandbox,
+        ).result()
 
 
 def _launcher(chromium: str, tmp: Path, sandbox: bool | None) -> tuple[str, str]:
@@ -277,14 +347,26 @@ def _launcher(chromium: str, tmp: Path, sandbox: bool | None) -> tuple[str, str]
         "--symlink usr/sbin /sbin --ro-bind /etc /etc --proc /proc --dev /dev --tmpfs /dev/shm "
         "--ro-bind-try /sys/devices/system/cpu /sys/devices/system/cpu --tmpfs /run --tmpfs /tmp "
         f'--bind "$profile" "$profile" --dir /tmp/home --setenv HOME /tmp/home '
-        f'{chromium} "$@"\n')
+        f'{chromium} "$@"\n'
+    )
     script.chmod(0o755)
     return str(script), "chromium inside bubblewrap (own network namespace) + request interception"
 
 
-def _render(html: str, chromium: str, seconds: float, seed: int, width: int, height: int, shots: int,
-            artifact_dir: str | Path | None, name: str, load_timeout_s: float, audio_tone_hz: float | None,
-            sandbox: bool | None) -> PageReport:
+def _render(
+    html: str,
+    chromium: str,
+    seconds: float,
+    seed: int,
+    width: int,
+    height: int,
+    shots: int,
+    artifact_dir: str | Path | None,
+    name: str,
+    load_timeout_s: float,
+    audio_tone_hz: float | None,
+    sandbox: bool | None,
+) -> PageReport:
     from playwright.sync_api import Error as PlaywrightError
     from playwright.sync_api import sync_playwright
 
@@ -299,8 +381,19 @@ def _render(html: str, chromium: str, seconds: float, seed: int, width: int, hei
     out_dir.mkdir(parents=True, exist_ok=True)
     wav = tone_wav(audio_tone_hz) if audio_tone_hz else None
     executable, isolation = _launcher(chromium, tmp, sandbox)
-    report = PageReport(False, errors, blocked, None, False, None, [], dialogs=dialogs, served_libraries=served,
-                        console=console, isolation=isolation)
+    report = PageReport(
+        False,
+        errors,
+        blocked,
+        None,
+        False,
+        None,
+        [],
+        dialogs=dialogs,
+        served_libraries=served,
+        console=console,
+        isolation=isolation,
+    )
 
     def route(r) -> None:
         url = r.request.url
@@ -314,12 +407,18 @@ def _render(html: str, chromium: str, seconds: float, seed: int, width: int, hei
         if lib is not None:
             served.append(url)
             ctype = "application/javascript" if lib.suffix in (".js", ".mjs") else "application/octet-stream"
-            r.fulfill(status=200, body=lib.read_bytes(), content_type=ctype,
-                      headers={"access-control-allow-origin": "*"})
+            r.fulfill(
+                status=200,
+                body=lib.read_bytes(),
+                content_type=ctype,
+                headers={"access-control-allow-origin": "*"},
+            )
             return
         if wav is not None and re.search(r"\.(wav|mp3|ogg|m4a|flac|aac)(\?|$)", url, re.IGNORECASE):
             served.append(url)
-            r.fulfill(status=200, body=wav, content_type="audio/wav", headers={"access-control-allow-origin": "*"})
+            r.fulfill(
+                status=200, body=wav, content_type="audio/wav", headers={"access-control-allow-origin": "*"}
+            )
             return
         blocked.append(url)
         r.abort("blockedbyclient")
@@ -333,14 +432,25 @@ def _render(html: str, chromium: str, seconds: float, seed: int, width: int, hei
 
     try:
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS, headless=True,
-                                        timeout=30_000, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp / "home")})
+            browser = p.chromium.launch(
+                executable_path=executable,
+                args=CHROMIUM_FLAGS,
+                headless=True,
+                timeout=30_000,
+                env={"PATH": "/usr/bin:/bin", "HOME": str(tmp / "home")},
+            )
             try:
-                context = browser.new_context(viewport={"width": width, "height": height}, device_scale_factor=1,
-                                              service_workers="block", accept_downloads=False)
+                context = browser.new_context(
+                    viewport={"width": width, "height": height},
+                    device_scale_factor=1,
+                    service_workers="block",
+                    accept_downloads=False,
+                )
                 context.route("**/*", route)
                 if hasattr(context, "route_web_socket"):
-                    context.route_web_socket(re.compile(".*"), lambda ws: (blocked.append(ws.url), ws.close()))
+                    context.route_web_socket(
+                        re.compile(".*"), lambda ws: (blocked.append(ws.url), ws.close())
+                    )
                 context.add_init_script(_INIT % {"seed": seed})
                 page = context.new_page()
                 page.set_default_timeout(5000)
@@ -349,7 +459,9 @@ def _render(html: str, chromium: str, seconds: float, seed: int, width: int, hei
                 page.on("dialog", lambda d: (dialogs.append(f"{d.type}: {d.message}"[:200]), _dismiss(d)))
                 page.on("crash", lambda _p: errors.append("page crashed"))
                 try:
-                    page.goto(PAGE_ORIGIN + "/index.html", wait_until="load", timeout=int(load_timeout_s * 1000))
+                    page.goto(
+                        PAGE_ORIGIN + "/index.html", wait_until="load", timeout=int(load_timeout_s * 1000)
+                    )
                     report.loaded = True
                 except PlaywrightError as exc:
                     errors.append(f"load: {str(exc).splitlines()[0][:200]}")
@@ -369,30 +481,38 @@ def _render(html: str, chromium: str, seconds: float, seed: int, width: int, hei
 
 
 def _dismiss(dialog) -> None:
-    try:
+    with contextlib.suppress(Exception):  # the page may be gone already
         dialog.dismiss()
-    except Exception:  # the page may be gone already
-        pass
 
 
 def _close(browser) -> None:
-    try:
+    with contextlib.suppress(Exception):  # a crashed or hung browser: Playwright kills it on exit anyway
         browser.close()
-    except Exception:  # a crashed or hung browser: Playwright kills the process on exit anyway
-        pass
 
 
 def _console(msg, errors: list[str], console: list[str]) -> None:
     text = f"{msg.type}: {msg.text}"[:500]
     if len(console) < 200:
         console.append(text)
-    if msg.type == "error" and "favicon" not in msg.text and "net::ERR_BLOCKED_BY_CLIENT" not in msg.text \
-            and "Failed to load resource" not in msg.text:
+    if (
+        msg.type == "error"
+        and "favicon" not in msg.text
+        and "net::ERR_BLOCKED_BY_CLIENT" not in msg.text
+        and "Failed to load resource" not in msg.text
+    ):
         errors.append(f"console: {msg.text}"[:500])
 
 
-def _observe(page, report: PageReport, seconds: float, shots: int, out_dir: Path, name: str,
-             wav: bytes | None, responsive) -> None:
+def _observe(
+    page,
+    report: PageReport,
+    seconds: float,
+    shots: int,
+    out_dir: Path,
+    name: str,
+    wav: bytes | None,
+    responsive,
+) -> None:
     if wav is not None:
         _feed_audio(page, wav, report)
     frames0 = page.evaluate("() => window.__dsparity ? window.__dsparity.frames : 0")
@@ -410,7 +530,11 @@ def _observe(page, report: PageReport, seconds: float, shots: int, out_dir: Path
         pixels = _pixels(png)
         path = out_dir / f"{name}-{i}.png"
         path.write_bytes(png)
-        info = {"path": str(path), "t": round(time.monotonic() - t0, 3), "distinct_colours": _distinct(pixels)}
+        info = {
+            "path": str(path),
+            "t": round(time.monotonic() - t0, 3),
+            "distinct_colours": _distinct(pixels),
+        }
         if previous is not None:
             info["changed_vs_previous"] = _changed(previous, pixels)
         previous = pixels
@@ -420,7 +544,9 @@ def _observe(page, report: PageReport, seconds: float, shots: int, out_dir: Path
         frames1 = page.evaluate("() => window.__dsparity ? window.__dsparity.frames : 0")
         report.fps = round((frames1 - frames0) / elapsed, 1) if elapsed > 0 else None
         report.canvas = page.evaluate(_CANVAS_JS)
-        report.audio = report.audio | (page.evaluate("() => window.__dsparity ? window.__dsparity.audio : {}") or {})
+        report.audio = report.audio | (
+            page.evaluate("() => window.__dsparity ? window.__dsparity.audio : {}") or {}
+        )
     report.animated = any(s.get("changed_vs_previous", 0) > 0.001 for s in report.screenshots)
 
 
@@ -430,11 +556,13 @@ def _feed_audio(page, wav: bytes, report: PageReport) -> None:
         inputs = page.locator("input[type=file]")
         if inputs.count():
             # a payload, not a path: a sandboxed Chromium cannot see the host's files
-            inputs.first.set_input_files({"name": "test-tone.wav", "mimeType": "audio/wav", "buffer": wav},
-                                         timeout=2000)
+            inputs.first.set_input_files(
+                {"name": "test-tone.wav", "mimeType": "audio/wav", "buffer": wav}, timeout=2000
+            )
             fed.append("file input")
         buttons = page.locator("button, [role=button], input[type=button]").filter(
-            has_text=re.compile(r"play|start|▶|播放", re.IGNORECASE))
+            has_text=re.compile(r"play|start|▶|播放", re.IGNORECASE)
+        )
         if buttons.count():
             buttons.first.click(timeout=2000)
             fed.append("play clicked")

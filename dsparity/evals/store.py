@@ -440,6 +440,13 @@ class Store:
         with self.engine.begin() as c:
             c.execute(update(job_runs).where(job_runs.c.id == jid).values(**fields))
 
+    def fail_orphaned_job_runs(self, job: str, cause: str) -> int:
+        """Mark the job's 'running' rows failed: called by the lease holder, so whoever wrote
+        them is gone (killed mid-run)."""
+        with self.engine.begin() as c:
+            return c.execute(update(job_runs).where(job_runs.c.job == job, job_runs.c.status == "running")
+                             .values(status="failed", cause=cause, finished_at=time.time())).rowcount
+
     def job_runs(self, job: str | None = None) -> list[dict[str, Any]]:
         """Job history, oldest first."""
         q = select(job_runs).order_by(job_runs.c.started_at)

@@ -114,6 +114,7 @@ def scan(task_dirs: list[Path]) -> tuple[dict[str, TaskSpec], list[DsparityError
             try:
                 spec = _read_spec(path)
             except DsparityError as exc:
+                exc.task_file = str(path)  # which task a problem in a data file belongs to
                 problems.append(exc)
                 continue
             if spec is not None:
@@ -154,7 +155,11 @@ def _read_spec(path: Path) -> TaskSpec | None:
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
             raise DsparityError(str(path), f"metadata.dsparity.{key}", f"{value!r} is not a whole number",
                                 f"write {key}: <integer>")
-    _check_data(path, config, grader)
+    try:
+        _check_data(path, config, grader)
+    except DsparityError as exc:
+        exc.task_name, exc.suite = str(config["task"]), str(settings.get("suite", "custom"))
+        raise
     return TaskSpec(name=str(config["task"]), suite=str(settings.get("suite", "custom")),
                     grader=grader, settings=settings, yaml_path=path, config=config)
 
@@ -169,6 +174,10 @@ def _check_data(path: Path, config: dict, grader: str) -> None:
     data = _data_file(path, config)
     if data is None:
         return
+    if path.parent.resolve() not in data.resolve().parents:
+        raise DsparityError(str(path), "dataset_kwargs.data_file",
+                            f"{data.relative_to(path.parent)} leaves the task folder",
+                            "data files must stay inside the folder of their YAML")
     if not data.is_file():
         raise DsparityError(str(path), "dataset_kwargs.data_file", f"no such file {data.name!r}",
                             f"put the JSONL next to the YAML ({data})")
@@ -180,14 +189,14 @@ def _check_data(path: Path, config: dict, grader: str) -> None:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise DsparityError(str(data), f"line {lineno}", f"not valid JSON ({exc.msg})",
+                raise DsparityError(f"{data}:{lineno}", "", f"not valid JSON ({exc.msg})",
                                     "write one JSON object per line") from None
             if not isinstance(row, dict):
-                raise DsparityError(str(data), f"line {lineno}", "not a JSON object",
+                raise DsparityError(f"{data}:{lineno}", "", "not a JSON object",
                                     "write one JSON object per line")
             for key in needed:
                 if key not in row:
-                    raise DsparityError(str(data), f"line {lineno}: {key}", "missing field",
+                    raise DsparityError(f"{data}:{lineno}", key, "missing field",
                                         f"the {grader} grader reads `{key}` from every item")
             if grader == "writing":
                 _check_constraints(data, lineno, row["constraints"])
@@ -195,17 +204,17 @@ def _check_data(path: Path, config: dict, grader: str) -> None:
 
 def _check_constraints(data: Path, lineno: int, constraints: Any) -> None:
     if not isinstance(constraints, list):
-        raise DsparityError(str(data), f"line {lineno}: constraints", "must be a list",
+        raise DsparityError(f"{data}:{lineno}", "constraints", "must be a list",
                             'write constraints: [{"type": "min_words", "value": 100}, ...]')
     for i, c in enumerate(constraints):
         kind = c.get("type") if isinstance(c, dict) else None
         if kind not in CONSTRAINT_TYPES:
-            raise DsparityError(str(data), f"line {lineno}: constraints[{i}].type",
+            raise DsparityError(f"{data}:{lineno}", f"constraints[{i}].type",
                                 f"unknown constraint {kind!r}",
                                 f"use one of: {', '.join(sorted(CONSTRAINT_TYPES))}")
         for key in CONSTRAINT_TYPES[kind]:
             if key not in c:
-                raise DsparityError(str(data), f"line {lineno}: constraints[{i}].{key}",
+                raise DsparityError(f"{data}:{lineno}", f"constraints[{i}].{key}",
                                     "missing field", f"a {kind} constraint needs `{key}`")
 
 
@@ -239,7 +248,9 @@ def select(specs: dict[str, TaskSpec], problems: list[DsparityError], *,
               if (not suites or s.suite in suites) and (not names or s.name in names)
               and (suites or names or s.suite not in OPTIONAL_SUITES)]
     for problem in problems:
-        if _may_belong(problem.source, suites, names):
+        named = getattr(problem, "task_name", None) in (names or ()) or \
+            getattr(problem, "suite", None) in (suites or ())
+        if named or _may_belong(getattr(problem, "task_file", problem.source), suites, names):
             raise problem
     missing = [n for n in names or [] if n not in specs]
     if missing:
@@ -330,10 +341,15 @@ def _hub_preflight(spec: TaskSpec) -> None:
 
 
 def _in_datasets_cache(spec: TaskSpec) -> bool:
+    """Whether a previous online run left this dataset in the local Hugging Face caches."""
     path = str(spec.config.get("dataset_path", ""))
-    root = Path(os.environ.get("HF_DATASETS_CACHE") or
-                Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "datasets")
-    return root.is_dir() and any(root.glob(path.replace("/", "___") + "*"))
+    home = Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface")
+    datasets_cache = Path(os.environ.get("HF_DATASETS_CACHE") or home / "datasets")
+    names = {path.replace("/", "___").lower(), "datasets--" + path.replace("/", "--").lower()}
+    for root in (datasets_cache, Path(os.environ.get("HF_HUB_CACHE") or home / "hub")):
+        if root.is_dir() and any(p.name.lower() in names for p in root.iterdir()):
+            return True
+    return False
 
 
 def _make_item(spec: TaskSpec, task, doc_id: int, doc: dict) -> TaskItem:

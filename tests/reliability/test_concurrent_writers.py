@@ -54,7 +54,7 @@ def test_two_runs_and_a_regrade_at_once(tmp_path, store_url):
         procs += [subprocess.Popen(_cmd("grade", run_c, url=store_url), stdout=subprocess.PIPE,
                                    stderr=subprocess.PIPE, text=True) for _ in range(3)]
         outs = [p.communicate(timeout=300) for p in procs]
-    for p, (out, err) in zip(procs, outs, strict=True):
+    for p, (_out, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err
         assert "locked" not in err.lower()
     engine = create_engine(store_url)

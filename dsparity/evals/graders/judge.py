@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import hashlib
 import json
 import logging
@@ -65,7 +66,8 @@ _INJECTION = re.compile(
     r"\"?(?:score|verdict|rating)\"?\s*[:=]\s*\"?(?:10|[AB]|tie)\b|\[\[\s*(?:10|[AB])\s*\]\]|"
     r"</?\s*answer-|system\s*(?:prompt|message)\s*[:：]|new instructions|"
     r"忽略(?:之前|以上|上面)的?(?:所有)?(?:指令|说明)|给(?:我|这个回答)?满分|评委",
-    re.IGNORECASE)
+    re.IGNORECASE,
+)
 
 
 def injection_signals(text: str) -> list[str]:
@@ -126,16 +128,12 @@ class _JudgeLoop:
 
         async def shutdown():
             for fut in self._backends.values():
-                try:
+                with contextlib.suppress(Exception):  # closing at exit: nothing to do about a failure
                     await (await fut).close()
-                except Exception:  # closing at exit: nothing useful to do with a failure
-                    pass
             self._backends.clear()
 
-        try:
+        with contextlib.suppress(Exception):
             asyncio.run_coroutine_threadsafe(shutdown(), loop).result(timeout=10)
-        except Exception:
-            pass
         loop.call_soon_threadsafe(loop.stop)
         self._loop = None
 
@@ -152,8 +150,12 @@ def close_judges() -> None:
 def judge_spec(settings: dict[str, Any]) -> str | Backend:
     judge = settings.get("judge") or os.environ.get(JUDGE_ENV)
     if not judge:
-        raise DsparityError("judge", "settings.judge", "no judge model configured",
-                            f"set metadata.dsparity.judge in the task, pass --judge, or export {JUDGE_ENV}=SPEC")
+        raise DsparityError(
+            "judge",
+            "settings.judge",
+            "no judge model configured",
+            f"set metadata.dsparity.judge in the task, pass --judge, or export {JUDGE_ENV}=SPEC",
+        )
     return judge
 
 
@@ -184,13 +186,16 @@ def _parse_json(raw: str) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-async def _converse(judge: str | Backend, messages: list[tuple[str, str]], validate, *, retries: int,
-                    max_tokens: int) -> JudgeCall:
+async def _converse(
+    judge: str | Backend, messages: list[tuple[str, str]], validate, *, retries: int, max_tokens: int
+) -> JudgeCall:
     backend = await _LOOP.backend(judge)
     call = JudgeCall(list(messages))
     convo = list(messages)
     for _attempt in range(retries + 1):
-        completion = await backend.generate(Request(messages=tuple(convo), max_tokens=max_tokens, temperature=0.0))
+        completion = await backend.generate(
+            Request(messages=tuple(convo), max_tokens=max_tokens, temperature=0.0)
+        )
         if completion.error:
             call.error = f"{completion.error_class}: {completion.error}"
             call.outputs.append("")
@@ -203,8 +208,11 @@ async def _converse(judge: str | Backend, messages: list[tuple[str, str]], valid
             call.error = None
             return call
         call.error = f"unparsable verdict: {problem}"
-        convo = [*convo, ("assistant", completion.text),
-                 ("user", f"Your reply was rejected ({problem}). Reply again with only the JSON object.")]
+        convo = [
+            *convo,
+            ("assistant", completion.text),
+            ("user", f"Your reply was rejected ({problem}). Reply again with only the JSON object."),
+        ]
     return call
 
 
@@ -213,8 +221,12 @@ def _render(template: str, **values: Any) -> str:
     try:
         return env.from_string(template).render(**values)
     except jinja2.TemplateError as exc:
-        raise DsparityError("judge", "rubric", f"the rubric template does not render: {exc}",
-                            "variables: question, answer, reference, doc, scale_min, scale_max") from None
+        raise DsparityError(
+            "judge",
+            "rubric",
+            f"the rubric template does not render: {exc}",
+            "variables: question, answer, reference, doc, scale_min, scale_max",
+        ) from None
 
 
 def _question(doc: dict[str, Any]) -> str:
@@ -224,17 +236,35 @@ def _question(doc: dict[str, Any]) -> str:
     return ""
 
 
-def build_single_prompt(question: str, answer: str, *, rubric: str | None = None, reference: str | None = None,
-                        doc: dict[str, Any] | None = None, scale: tuple[float, float] = (1, 10)
-                        ) -> list[tuple[str, str]]:
+def build_single_prompt(
+    question: str,
+    answer: str,
+    *,
+    rubric: str | None = None,
+    reference: str | None = None,
+    doc: dict[str, Any] | None = None,
+    scale: tuple[float, float] = (1, 10),
+) -> list[tuple[str, str]]:
     tag, fenced = fence(answer)
-    criteria = _render(rubric or DEFAULT_RUBRIC, question=question, answer=f"<{tag}>…</{tag}> (below)",
-                       reference=reference or "", doc=doc or {}, scale_min=scale[0], scale_max=scale[1])
+    criteria = _render(
+        rubric or DEFAULT_RUBRIC,
+        question=question,
+        answer=f"<{tag}>…</{tag}> (below)",
+        reference=reference or "",
+        doc=doc or {},
+        scale_min=scale[0],
+        scale_max=scale[1],
+    )
     parts = [criteria.strip(), "", "## Question", question.strip() or "(none given)"]
     if reference:
         parts += ["", "## Reference answer", reference.strip()]
-    parts += ["", f"## Answer to judge (data, inside <{tag}>)", fenced, "",
-              _SINGLE_FORMAT.replace("SCALE_MIN", str(scale[0])).replace("SCALE_MAX", str(scale[1]))]
+    parts += [
+        "",
+        f"## Answer to judge (data, inside <{tag}>)",
+        fenced,
+        "",
+        _SINGLE_FORMAT.replace("SCALE_MIN", str(scale[0])).replace("SCALE_MAX", str(scale[1])),
+    ]
     return [("system", _SYSTEM), ("user", "\n".join(parts))]
 
 
@@ -253,12 +283,46 @@ def judge(sample: GradeInput, settings: dict) -> Grade:
     score = (verdict - min) / (max - min); an unparsable verdict after retries gives score 0,
     passed None and `details.error`.
     """
-    spec = judge_spec(settings)
-    scale = tuple(settings.get("scale", (1, 10)))
     answer = strip_reasoning(sample.text)
     reference = sample.target if settings.get("use_reference", True) and sample.target else None
-    messages = build_single_prompt(_question(sample.doc), answer, rubric=settings.get("rubric") or sample.doc.get("rubric"),
-                                   reference=reference, doc=sample.doc, scale=scale)
+    result = score_answer(
+        _question(sample.doc),
+        answer,
+        judge=judge_spec(settings),
+        rubric=settings.get("rubric") or sample.doc.get("rubric"),
+        reference=reference,
+        doc=sample.doc,
+        scale=tuple(settings.get("scale", (1, 10))),
+        retries=int(settings.get("retries", 2)),
+        max_tokens=int(settings.get("max_tokens", 1024)),
+    )
+    score = result.pop("score")
+    details = result | {"truncated": sample.finish_reason == "length"}
+    if score is None:
+        return Grade(0.0, None, details)
+    if details["injection_suspected"] and settings.get("on_injection") == "zero":
+        score = 0.0
+    threshold = settings.get("pass_threshold")
+    return Grade(score, None if threshold is None else score >= float(threshold), details)
+
+
+def score_answer(
+    question: str,
+    answer: str,
+    *,
+    judge: str | Backend | None = None,
+    rubric: str | None = None,
+    reference: str | None = None,
+    doc: dict[str, Any] | None = None,
+    scale: tuple[float, float] = (1, 10),
+    retries: int = 2,
+    max_tokens: int = 1024,
+) -> dict[str, Any]:
+    """One rubric verdict on one answer: {"score" (normalised to 0..1, None when unparsable after
+    retries), "judge", "prompt", "raw_outputs", "attempts", "verdict", "injection_suspected",
+    "injection_signals", "error"}."""
+    spec = judge_spec({"judge": judge})
+    messages = build_single_prompt(question, answer, rubric=rubric, reference=reference, doc=doc, scale=scale)
     signals = injection_signals(answer)
     if signals:
         log.warning("answer addresses the judge (%s); flagged", "; ".join(signals[:3]))
@@ -271,19 +335,21 @@ def judge(sample: GradeInput, settings: dict) -> Grade:
             return f"score {s} outside {scale[0]}..{scale[1]}"
         return None
 
-    call = _LOOP.run(_converse(spec, messages, validate, retries=int(settings.get("retries", 2)),
-                               max_tokens=int(settings.get("max_tokens", 1024))))
-    details: dict[str, Any] = {"judge": _identity(spec), "prompt": [{"role": r, "content": c} for r, c in messages],
-                               "raw_outputs": call.outputs, "attempts": len(call.outputs), "verdict": call.verdict,
-                               "injection_suspected": bool(signals), "injection_signals": signals,
-                               "truncated": sample.finish_reason == "length"}
-    if call.verdict is None:
-        return Grade(0.0, None, details | {"error": call.error})
-    score = (float(call.verdict["score"]) - scale[0]) / (scale[1] - scale[0])
-    if signals and settings.get("on_injection") == "zero":
-        score = 0.0
-    threshold = settings.get("pass_threshold")
-    return Grade(score, None if threshold is None else score >= float(threshold), details)
+    call = _LOOP.run(_converse(spec, messages, validate, retries=retries, max_tokens=max_tokens))
+    score = None
+    if call.verdict is not None:
+        score = (float(call.verdict["score"]) - scale[0]) / (scale[1] - scale[0])
+    return {
+        "score": score,
+        "judge": _identity(spec),
+        "prompt": [{"role": r, "content": c} for r, c in messages],
+        "raw_outputs": call.outputs,
+        "attempts": len(call.outputs),
+        "verdict": call.verdict,
+        "injection_suspected": bool(signals),
+        "injection_signals": signals,
+        "error": None if call.verdict is not None else call.error,
+    }
 
 
 # ------------------------------------------------------------------------------------------------
@@ -308,23 +374,54 @@ class PairwiseVerdict:
     error: str | None = None
 
 
-def build_pair_prompt(question: str, first: str, second: str, *, rubric: str | None = None,
-                      reference: str | None = None, doc: dict[str, Any] | None = None) -> list[tuple[str, str]]:
+def build_pair_prompt(
+    question: str,
+    first: str,
+    second: str,
+    *,
+    rubric: str | None = None,
+    reference: str | None = None,
+    doc: dict[str, Any] | None = None,
+) -> list[tuple[str, str]]:
     tag_a, fenced_a = fence(first, "A")
     tag_b, fenced_b = fence(second, "B")
-    criteria = _render(rubric or _PAIR_RUBRIC, question=question, reference=reference or "", doc=doc or {},
-                       answer="", scale_min=0, scale_max=1)
+    criteria = _render(
+        rubric or _PAIR_RUBRIC,
+        question=question,
+        reference=reference or "",
+        doc=doc or {},
+        answer="",
+        scale_min=0,
+        scale_max=1,
+    )
     parts = [criteria.strip(), "", "## Question", question.strip() or "(none given)"]
     if reference:
         parts += ["", "## Reference answer", reference.strip()]
-    parts += ["", f"## Answer A (data, inside <{tag_a}>)", fenced_a, "",
-              f"## Answer B (data, inside <{tag_b}>)", fenced_b, "", _PAIR_FORMAT]
+    parts += [
+        "",
+        f"## Answer A (data, inside <{tag_a}>)",
+        fenced_a,
+        "",
+        f"## Answer B (data, inside <{tag_b}>)",
+        fenced_b,
+        "",
+        _PAIR_FORMAT,
+    ]
     return [("system", _SYSTEM), ("user", "\n".join(parts))]
 
 
-def pairwise_judge(question: str, answer_1: str, answer_2: str, *, judge: str | Backend | None = None,
-                   rubric: str | None = None, reference: str | None = None, doc: dict[str, Any] | None = None,
-                   retries: int = 2, max_tokens: int = 1024) -> PairwiseVerdict:
+def pairwise_judge(
+    question: str,
+    answer_1: str,
+    answer_2: str,
+    *,
+    judge: str | Backend | None = None,
+    rubric: str | None = None,
+    reference: str | None = None,
+    doc: dict[str, Any] | None = None,
+    retries: int = 2,
+    max_tokens: int = 1024,
+) -> PairwiseVerdict:
     """Judge two answers to one question in both orders (1 as A, then 2 as A).
 
     `judge`: a model spec string (default env DSPARITY_JUDGE) or a started Backend. `rubric`: a
@@ -335,14 +432,21 @@ def pairwise_judge(question: str, answer_1: str, answer_2: str, *, judge: str | 
     a1, a2 = strip_reasoning(answer_1), strip_reasoning(answer_2)
 
     def validate(v: dict[str, Any]) -> str | None:
-        return None if str(v.get("verdict", "")).strip().upper() in ("A", "B", "TIE") else "verdict not A, B or tie"
+        return (
+            None
+            if str(v.get("verdict", "")).strip().upper() in ("A", "B", "TIE")
+            else "verdict not A, B or tie"
+        )
 
     async def both() -> list[JudgeCall]:
         first = build_pair_prompt(question, a1, a2, rubric=rubric, reference=reference, doc=doc)
         second = build_pair_prompt(question, a2, a1, rubric=rubric, reference=reference, doc=doc)
-        return list(await asyncio.gather(
-            _converse(spec, first, validate, retries=retries, max_tokens=max_tokens),
-            _converse(spec, second, validate, retries=retries, max_tokens=max_tokens)))
+        return list(
+            await asyncio.gather(
+                _converse(spec, first, validate, retries=retries, max_tokens=max_tokens),
+                _converse(spec, second, validate, retries=retries, max_tokens=max_tokens),
+            )
+        )
 
     calls = _LOOP.run(both())
     outcomes = []  # in terms of the original answers: "1", "2", "tie", or None (unparsable)
@@ -352,11 +456,93 @@ def pairwise_judge(question: str, answer_1: str, answer_2: str, *, judge: str | 
     consistent = outcomes[0] is not None and outcomes[0] == outcomes[1]
     winner = outcomes[0] if consistent else "tie"
     errors = [c.error for c in calls if c.verdict is None and c.error]
-    orders = [{"order": name, "prompt": [{"role": r, "content": c} for r, c in call.messages],
-               "raw_outputs": call.outputs, "verdict": call.verdict, "outcome": outcome}
-              for name, call, outcome in zip(("1-2", "2-1"), calls, outcomes, strict=True)]
+    orders = [
+        {
+            "order": name,
+            "prompt": [{"role": r, "content": c} for r, c in call.messages],
+            "raw_outputs": call.outputs,
+            "verdict": call.verdict,
+            "outcome": outcome,
+        }
+        for name, call, outcome in zip(("1-2", "2-1"), calls, outcomes, strict=True)
+    ]
     injection = {"1": injection_signals(a1), "2": injection_signals(a2)}
     if injection["1"] or injection["2"]:
         log.warning("pairwise: an answer addresses the judge; flagged")
-    return PairwiseVerdict(winner, {"1": 1.0, "2": 0.0}.get(winner, 0.5), consistent, orders, injection,
-                           "; ".join(errors) or None)
+    return PairwiseVerdict(
+        winner,
+        {"1": 1.0, "2": 0.0}.get(winner, 0.5),
+        consistent,
+        orders,
+        injection,
+        "; ".join(errors) or None,
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# checklist items that no cheap heuristic covers (web artifacts)
+
+_CHECKLIST_FORMAT = """Reply with one JSON object and nothing else: \
+{"items": [{"item": "<the item, copied>", "ok": true | false, "reason": "<short evidence>"}, ...]} \
+with exactly one entry per checklist item, in the given order."""
+
+
+def judge_checklist(
+    question: str,
+    artifact: str,
+    evidence: dict[str, Any],
+    items: list[str],
+    *,
+    judge: str | Backend | None = None,
+    retries: int = 2,
+    max_tokens: int = 1024,
+) -> dict[str, Any]:
+    """Yes/no per checklist item from the artifact's code and the grader's measured evidence
+    (render report, pixel statistics). Returns {"verdicts": [bool | None per item], "judge",
+    "prompt", "raw_outputs", "error"}; None where the judge gave no usable verdict."""
+    spec = judge_spec({"judge": judge})
+    tag, fenced = fence(artifact)
+    listing = "\n".join(f"{i + 1}. {item}" for i, item in enumerate(items))
+    user = "\n".join(
+        [
+            "Decide for each checklist item whether the artifact satisfies it. Use the code and the "
+            "measured evidence from rendering it in a browser; when the evidence cannot settle an item, "
+            "judge from the code.",
+            "",
+            "## Task given to the model",
+            question.strip() or "(none given)",
+            "",
+            f"## The model's artifact (data, inside <{tag}>)",
+            fenced,
+            "",
+            "## Measured evidence (from the grader, trustworthy)",
+            json.dumps(evidence, indent=1, default=str)[:6000],
+            "",
+            "## Checklist",
+            listing,
+            "",
+            _CHECKLIST_FORMAT,
+        ]
+    )
+    messages = [("system", _SYSTEM), ("user", user)]
+
+    def validate(v: dict[str, Any]) -> str | None:
+        got = v.get("items")
+        if not isinstance(got, list) or len(got) != len(items):
+            return f"expected a list of {len(items)} items"
+        if not all(isinstance(x, dict) and isinstance(x.get("ok"), bool) for x in got):
+            return "every item needs a boolean ok"
+        return None
+
+    call = _LOOP.run(_converse(spec, messages, validate, retries=retries, max_tokens=max_tokens))
+    verdicts = [x["ok"] for x in call.verdict["items"]] if call.verdict else [None] * len(items)
+    reasons = [str(x.get("reason", ""))[:300] for x in call.verdict["items"]] if call.verdict else []
+    return {
+        "verdicts": verdicts,
+        "reasons": reasons,
+        "judge": _identity(spec),
+        "prompt": [{"role": r, "content": c} for r, c in messages],
+        "raw_outputs": call.outputs,
+        "error": call.error if call.verdict is None else None,
+        "injection_signals": injection_signals(artifact),
+    }

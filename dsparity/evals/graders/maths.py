@@ -53,7 +53,7 @@ def _last_boxed(text: str) -> str | None:
     for j in range(i, len(text)):
         depth += {"{": 1, "}": -1}.get(text[j], 0)
         if depth == 0:
-            return f"${text[start:j + 1]}$"
+            return f"${text[start : j + 1]}$"
     return None
 
 
@@ -75,14 +75,21 @@ def verify_answer(gold: str, answer: str) -> dict[str, Any]:
     opts = _timeouts()
     verify_opts = {} if not opts else {"timeout_seconds": None}
     flexible_parsed = mv.parse(text, **opts) if text else []
-    flexible = bool(gold_parsed and flexible_parsed and mv.verify(gold_parsed, flexible_parsed, **verify_opts))
+    flexible = bool(
+        gold_parsed and flexible_parsed and mv.verify(gold_parsed, flexible_parsed, **verify_opts)
+    )
     span = strict_span(text)
     strict_parsed = mv.parse(span, **opts) if span else []
     strict = bool(gold_parsed and strict_parsed and mv.verify(gold_parsed, strict_parsed, **verify_opts))
-    return {"strict": strict, "flexible": flexible,
-            "gold_parsed": [str(x) for x in gold_parsed], "extracted_flexible": [str(x) for x in flexible_parsed],
-            "extracted_strict": [str(x) for x in strict_parsed], "gold_unparsable": len(gold_parsed) < 2,
-            "timeouts": "on" if not opts else "off (not the main thread)"}
+    return {
+        "strict": strict,
+        "flexible": flexible,
+        "gold_parsed": [str(x) for x in gold_parsed],
+        "extracted_flexible": [str(x) for x in flexible_parsed],
+        "extracted_strict": [str(x) for x in strict_parsed],
+        "gold_unparsable": len(gold_parsed) < 2,
+        "timeouts": "on" if not opts else "off (not the main thread)",
+    }
 
 
 @register("math")

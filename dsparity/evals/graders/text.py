@@ -14,7 +14,7 @@ def strip_reasoning(text: str) -> str:
         return ""
     lowered = text.lower()
     if "</think>" in lowered:
-        return _trim(text[lowered.rfind("</think>") + len("</think>"):])
+        return _trim(text[lowered.rfind("</think>") + len("</think>") :])
     text = _THINK_BLOCK.sub("", text)
     if text.lstrip().lower().startswith("<think>"):
         return ""

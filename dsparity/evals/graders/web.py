@@ -23,7 +23,9 @@ _P5_CDN = "https://cdn.jsdelivr.net/npm/p5@1.11.13/lib/p5.min.js"
 
 
 def _looks_html(text: str) -> bool:
-    return bool(re.search(r"<!doctype html|<html[\s>]|<body[\s>]|<canvas[\s>]|<script[\s>]", text, re.IGNORECASE))
+    return bool(
+        re.search(r"<!doctype html|<html[\s>]|<body[\s>]|<canvas[\s>]|<script[\s>]", text, re.IGNORECASE)
+    )
 
 
 def extract_page(answer: str) -> tuple[str, str]:
@@ -31,7 +33,9 @@ def extract_page(answer: str) -> tuple[str, str]:
     stitched in (local `<script src>`/`<link href>` to them removed); a lone p5 sketch gets a page."""
     text = strip_reasoning(answer)
     blocks = [(tag.lower(), body) for tag, body in _FENCE.findall(text)]
-    html_blocks = [b for t, b in blocks if t in _HTML_TAGS] or [b for t, b in blocks if not t and _looks_html(b)]
+    html_blocks = [b for t, b in blocks if t in _HTML_TAGS] or [
+        b for t, b in blocks if not t and _looks_html(b)
+    ]
     css = [b for t, b in blocks if t == "css"]
     js = [b for t, b in blocks if t in _JS_TAGS]
     how = []
@@ -43,18 +47,24 @@ def extract_page(answer: str) -> tuple[str, str]:
         html = m.group(1) if m else text
         how.append("bare html")
     elif js:
-        html = "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"></head><body></body></html>"
+        html = '<!DOCTYPE html>\n<html><head><meta charset="utf-8"></head><body></body></html>'
         how.append("page shell for js blocks")
     else:
         return "", "no page found"
     if css:
-        html = re.sub(r"<link[^>]+href=[\"'](?!https?:|//)[^\"']+\.css[\"'][^>]*>", "", html, flags=re.IGNORECASE)
+        html = re.sub(
+            r"<link[^>]+href=[\"'](?!https?:|//)[^\"']+\.css[\"'][^>]*>", "", html, flags=re.IGNORECASE
+        )
         style = "<style>\n" + "\n".join(css) + "\n</style>"
         html = _insert(html, "</head>", style, at_start=True)
         how.append(f"{len(css)} css block(s) stitched")
     if js:
-        html = re.sub(r"<script[^>]+src=[\"'](?!https?:|//)[^\"']+\.js[\"'][^>]*>\s*</script>", "", html,
-                      flags=re.IGNORECASE)
+        html = re.sub(
+            r"<script[^>]+src=[\"'](?!https?:|//)[^\"']+\.js[\"'][^>]*>\s*</script>",
+            "",
+            html,
+            flags=re.IGNORECASE,
+        )
         code = "\n".join(js)
         if re.search(r"function\s+(setup|draw)\s*\(", code) and "p5" not in html.lower():
             html = _insert(html, "</head>", f'<script src="{_P5_CDN}"></script>', at_start=True)
@@ -111,29 +121,87 @@ def find_blobs(path: str, *, min_area: int = 20, max_area: int = 20_000) -> list
     return blobs
 
 
-def _infer_check(item: str) -> tuple[str | None, dict[str, Any]]:
-    low = item.lower()
-    if m := re.search(r"(\d+)\s+(?:\w+\s+)?(?:balls?|circles?|dots?|particles?)", low):
-        return "ball_count", {"expected": int(m.group(1))}
-    if re.search(r"no (?:console )?errors?|without errors?|runs? without", low):
-        return "no_errors", {}
-    if re.search(r"gravity|falls?\b|falling", low):
-        return "gravity", {}
-    if re.search(r"fps|frame rate|smooth", low):
-        return "fps", {}
-    if re.search(r"animat|moves?\b|moving|motion", low):
-        return "animated", {}
-    if re.search(r"\bcanvas\b", low):
-        return "canvas", {}
-    if re.search(r"peak|spectrum|analy[sz]er|frequency|visuali[sz]", low):
-        return "audio_peak", {}
-    if re.search(r"loads?\b|opens?\b|renders?\b", low):
-        return "loads", {}
-    return None, {}
+# (pattern, check, params from the match, strength). "full": the check decides the item both ways;
+# "sufficient": a pass decides it, a failure leaves it to the judge (other ways to satisfy it exist)
+_RULES: list[tuple[str, str, Any, str]] = [
+    (
+        r"(\d+)\s+(?:\w+\s+)?(?:balls?|circles?|dots?)\b",
+        "ball_count",
+        lambda m: {"expected": int(m.group(1))},
+        "full",
+    ),
+    (
+        r"without (?:any )?(?:uncaught |console |js |javascript )?errors?|no (?:uncaught |console )?errors?",
+        "no_errors",
+        None,
+        "full",
+    ),
+    (r"gravity|\bfalls?\b|falling", "gravity", None, "full"),
+    (r"\bfps\b|frame rate|smooth", "fps", None, "full"),
+    (r"animat|\bmov(?:es|ing)\b|\bmotion\b", "animated", None, "full"),
+    (r"\bcanvas\b|webgl", "canvas", None, "full"),
+    (r"\bp5(?:\.?js)?\b", "library", lambda m: {"name": "p5"}, "full"),
+    (r"three\.?js", "library", lambda m: {"name": "three"}, "full"),
+    (r"tone\.js", "library", lambda m: {"name": "tone"}, "full"),
+    (r"self-contained|single (?:html )?file", "no_network", None, "full"),
+    (r"fills? the (?:whole|entire) (?:window|screen)|full-?screen", "fills_window", None, "full"),
+    (r"page (?:loads|opens|renders)", "loads", None, "full"),
+    (r"audio file|file input", "file_input", None, "sufficient"),
+    (r"frequency data|analy[sz]er", "audio_peak", None, "sufficient"),
+]
+# words that say an item asks for more than any pixel heuristic sees: a passing check cannot
+# decide such an item (a failing necessary one still can)
+_SEMANTIC = re.compile(
+    r"rotat|spin|inside|escape|bounce|elastic|friction|damp|collid|overlap|react|beat|pause|stop|calm|depth|"
+    r"\b3d\b|perspective|parallax|glow|twinkl|drift|grid|lattice|galax|futuristic|\blook|style|beautiful|"
+    r"layout|readab|control|button|mood|energy|transparent|colou?r|number|label|text|sound|music|volume",
+    re.IGNORECASE,
+)
 
 
-def evaluate_check(check: str, params: dict[str, Any], report: PageReport, settings: dict[str, Any]
-                   ) -> tuple[bool | None, Any]:
+def infer_checks(item: str) -> list[tuple[str, dict[str, Any], str]]:
+    """The cheap checks a checklist item's wording asks for: [(check, params, strength)]."""
+    found = []
+    for pattern, check, params, strength in _RULES:
+        if m := re.search(pattern, item, re.IGNORECASE):
+            found.append((check, params(m) if params else {}, strength))
+    return found
+
+
+def decide_item(item: str, results: list[tuple[str, bool | None, str]]) -> bool | None:
+    """Combine the item's check results (check, ok, strength): a failed full check fails the item;
+    passes decide it only when the wording asks for nothing the heuristics cannot see."""
+    if any(ok is False and strength == "full" for _, ok, strength in results):
+        return False
+    if _SEMANTIC.search(item) or not results:
+        return None
+    full = [ok for _, ok, strength in results if strength == "full"]
+    if full and all(ok is True for ok in full):
+        return True
+    if any(ok is True and strength == "sufficient" for _, ok, strength in results) and not full:
+        return True
+    return None
+
+
+def _checklist(value: Any) -> list[Any]:
+    """A checklist as a list, also when a data file stored it as a JSON or Python list literal."""
+    if isinstance(value, str):
+        import ast
+        import json
+
+        for parse in (json.loads, ast.literal_eval):
+            try:
+                parsed = parse(value)
+                return list(parsed) if isinstance(parsed, list | tuple) else [value]
+            except (ValueError, SyntaxError):
+                continue
+        return [value]
+    return list(value or [])
+
+
+def evaluate_check(
+    check: str, params: dict[str, Any], report: PageReport, settings: dict[str, Any]
+) -> tuple[bool | None, Any]:
     """(ok, evidence); ok None = no cheap heuristic (needs a judge)."""
     shots = [s["path"] for s in report.screenshots if s.get("path")]
     if check == "loads":
@@ -144,6 +212,16 @@ def evaluate_check(check: str, params: dict[str, Any], report: PageReport, setti
         return not report.blocked_requests, report.blocked_requests[:10]
     if check == "canvas":
         return report.canvas is not None, report.canvas
+    if check == "library":
+        hits = [u for u in report.served_libraries if params["name"] in u.lower()]
+        return bool(hits), hits[:3]
+    if check == "fills_window":
+        c = report.canvas or {}
+        w, h = settings.get("viewport", (800, 600))
+        return bool(c) and c["shown_w"] >= 0.95 * int(w) and c["shown_h"] >= 0.95 * int(h), c
+    if check == "file_input":
+        fed = report.audio.get("fed", [])
+        return ("file input" in fed) or None, fed
     if check == "non_blank":
         colours = report.screenshots[-1]["distinct_colours"] if report.screenshots else 0
         return colours >= int(params.get("min_colours", 2)), colours
@@ -182,11 +260,16 @@ def evaluate_check(check: str, params: dict[str, Any], report: PageReport, setti
 def web(sample: GradeInput, settings: dict) -> Grade:
     """Single-page web artifact, rendered in the system Chromium.
 
-    doc fields: `checklist` (optional): items as strings (a check is inferred from words like
-    "20 balls", "animated", "gravity", "no errors", "canvas", "fps", "spectrum peak") or dicts
-    `{"item": text, "check": name, ...params}` with check one of loads, no_errors, no_network,
-    canvas, non_blank, animated, fps (`min`), ball_count (`expected`, `tolerance`), gravity,
-    audio_peak (`tolerance_hz`). Items no heuristic covers are listed under `needs_judge`.
+    doc fields: `checklist` (optional; `question`/`prompt` is shown to a judge): items as strings
+    (checks inferred from the wording, see `_RULES`: "20 balls", "without errors", "gravity",
+    "smooth", "animated", "canvas", "p5.js", "self-contained", "fills the whole window", "audio
+    file", "frequency data"; a failed check fails the item, passes decide it only when the item
+    asks for nothing a heuristic cannot see, see `_SEMANTIC`) or dicts `{"item": text, "check":
+    name, ...params}` with check one of loads, no_errors, no_network, canvas, non_blank, animated,
+    fps (`min`), ball_count (`expected`, `tolerance`), gravity, library (`name`), fills_window,
+    file_input, audio_peak (`tolerance_hz`). Items no heuristic decides go to the judge when one is configured
+    (settings `judge` or env DSPARITY_JUDGE: code + measured evidence, yes/no per item, prompt and
+    raw output under `details.judge`), else they are listed under `needs_judge` and not scored.
     settings: `seconds` (3.0), `seed` (0), `viewport` ([800, 600]), `shots` (3), `load_timeout_s`
     (5), `min_fps` (20), `require` (gate checks; default ["loads", "no_errors", "non_blank"]),
     `audio_tone_hz` (feed a synthesised tone to the page), `artifact_dir` (screenshots; default
@@ -201,33 +284,81 @@ def web(sample: GradeInput, settings: dict) -> Grade:
     digest = hashlib.sha256(html.encode("utf-8")).hexdigest()[:16]
     artifact_dir = Path(settings.get("artifact_dir") or os.environ.get(ARTIFACTS_ENV) or DEFAULT_ARTIFACTS)
     width, height = settings.get("viewport", (800, 600))
-    report = render(html, seconds=float(settings.get("seconds", 3.0)), seed=int(settings.get("seed", 0)),
-                    width=int(width), height=int(height), shots=int(settings.get("shots", 3)),
-                    artifact_dir=artifact_dir, name=f"web-{digest}",
-                    load_timeout_s=float(settings.get("load_timeout_s", 5.0)),
-                    audio_tone_hz=settings.get("audio_tone_hz"))
+    report = render(
+        html,
+        seconds=float(settings.get("seconds", 3.0)),
+        seed=int(settings.get("seed", 0)),
+        width=int(width),
+        height=int(height),
+        shots=int(settings.get("shots", 3)),
+        artifact_dir=artifact_dir,
+        name=f"web-{digest}",
+        load_timeout_s=float(settings.get("load_timeout_s", 5.0)),
+        audio_tone_hz=settings.get("audio_tone_hz"),
+    )
     checks = []
     for name in settings.get("require", ["loads", "no_errors", "non_blank"]):
         ok, evidence = evaluate_check(name, {}, report, settings)
         ok = None if ok is None else bool(ok)
         checks.append({"item": name, "check": name, "ok": ok, "evidence": evidence, "gate": True})
     needs_judge = []
-    for raw in sample.doc.get("checklist") or []:
+    for raw in _checklist(sample.doc.get("checklist")):
         item = raw if isinstance(raw, str) else str(raw.get("item", raw.get("check", "")))
         if isinstance(raw, dict) and raw.get("check"):
-            check, params = raw["check"], {k: v for k, v in raw.items() if k not in ("item", "check")}
+            params = {k: v for k, v in raw.items() if k not in ("item", "check")}
+            ok, evidence = evaluate_check(raw["check"], params, report, settings)
+            ok = None if ok is None else bool(ok)
+            names: Any = raw["check"]
         else:
-            check, params = _infer_check(item)
-        ok, evidence = evaluate_check(check, params, report, settings) if check else (None, "no heuristic")
-        ok = None if ok is None else bool(ok)
-        checks.append({"item": item, "check": check, "ok": ok, "evidence": evidence})
+            results, evidence = [], {}
+            for check, params, strength in infer_checks(item):
+                one, ev = evaluate_check(check, params, report, settings)
+                results.append((check, None if one is None else bool(one), strength))
+                evidence[check] = ev
+            ok = decide_item(item, results)
+            names = [r[0] for r in results] or None
+            evidence = evidence or "no heuristic"
+        checks.append({"item": item, "check": names, "ok": ok, "evidence": evidence})
         if ok is None:
             needs_judge.append(item)
+    judged = None
+    judge = settings.get("judge") or os.environ.get("DSPARITY_JUDGE")
+    if needs_judge and judge:
+        from dsparity.evals.graders.judge import judge_checklist
+
+        evidence = {k: v for k, v in report.to_dict().items() if k not in ("console",)}
+        evidence["checks"] = [
+            {k: c[k] for k in ("item", "ok", "evidence")} for c in checks if c["ok"] is not None
+        ]
+        question = next((sample.doc[k] for k in ("question", "prompt", "instruction") if k in sample.doc), "")
+        judged = judge_checklist(
+            str(question),
+            html[:60_000],
+            evidence,
+            needs_judge,
+            judge=judge,
+            retries=int(settings.get("retries", 2)),
+        )
+        by_item = dict(zip(needs_judge, judged["verdicts"], strict=True))
+        for c in checks:
+            if c["ok"] is None and c["item"] in by_item and by_item[c["item"]] is not None:
+                c["ok"], c["by"] = bool(by_item[c["item"]]), "judge"
+        needs_judge = [item for item in needs_judge if by_item.get(item) is None]
     scored = [c for c in checks if c["ok"] is not None]
     n_ok = sum(bool(c["ok"]) for c in scored)
     score = n_ok / len(scored) if scored else 0.0
     page = report.to_dict()
     page["console"] = page["console"][:50]
-    return Grade(score, bool(scored) and n_ok == len(scored),
-                 base | {"checks": checks, "needs_judge": needs_judge, "page": page, "html_sha": digest,
-                         "screenshots": [s["path"] for s in report.screenshots]})
+    return Grade(
+        score,
+        bool(scored) and n_ok == len(scored),
+        base
+        | {
+            "checks": checks,
+            "needs_judge": needs_judge,
+            "judge": judged,
+            "page": page,
+            "html_sha": digest,
+            "screenshots": [s["path"] for s in report.screenshots],
+        },
+    )

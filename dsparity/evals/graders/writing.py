@@ -3,6 +3,7 @@ with a reminder every 10,000 characters) structure checks. Reasoning is stripped
 
 from __future__ import annotations
 
+import os
 import re
 import unicodedata
 import zlib
@@ -15,9 +16,17 @@ from dsparity.evals.graders.text import strip_reasoning
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002ffff]")
 _WORD = re.compile(r"[^\W\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff]+")
 _SCRIPTS = {  # language -> the Unicode-name prefixes of its letters
-    "zh": ("CJK",), "ja": ("CJK", "HIRAGANA", "KATAKANA"), "ko": ("HANGUL",), "ru": ("CYRILLIC",),
-    "uk": ("CYRILLIC",), "ar": ("ARABIC",), "el": ("GREEK",), "he": ("HEBREW",), "hi": ("DEVANAGARI",),
-    "th": ("THAI",), "bn": ("BENGALI",),
+    "zh": ("CJK",),
+    "ja": ("CJK", "HIRAGANA", "KATAKANA"),
+    "ko": ("HANGUL",),
+    "ru": ("CYRILLIC",),
+    "uk": ("CYRILLIC",),
+    "ar": ("ARABIC",),
+    "el": ("GREEK",),
+    "he": ("HEBREW",),
+    "hi": ("DEVANAGARI",),
+    "th": ("THAI",),
+    "bn": ("BENGALI",),
 }
 
 
@@ -76,7 +85,7 @@ def _check(constraint: dict[str, Any], text: str) -> tuple[bool, Any]:
         n = text.count(",") + text.count("，") + text.count("、")
         return n == 0, n
     if kind == "ends_with":
-        return text.rstrip().endswith(value.rstrip()), text.rstrip()[-len(value) - 20:]
+        return text.rstrip().endswith(value.rstrip()), text.rstrip()[-len(value) - 20 :]
     if kind == "starts_with":
         return text.lstrip().startswith(value.lstrip()), text.lstrip()[: len(value) + 20]
     if kind == "forbidden_words":
@@ -88,8 +97,20 @@ def _check(constraint: dict[str, Any], text: str) -> tuple[bool, Any]:
     raise ValueError(f"unknown writing constraint type {kind!r}")
 
 
-CONSTRAINT_TYPES = ("min_chars", "max_chars", "min_words", "max_words", "sections", "keyword_count", "language",
-                    "no_commas", "ends_with", "starts_with", "forbidden_words", "min_paragraphs")
+CONSTRAINT_TYPES = (
+    "min_chars",
+    "max_chars",
+    "min_words",
+    "max_words",
+    "sections",
+    "keyword_count",
+    "language",
+    "no_commas",
+    "ends_with",
+    "starts_with",
+    "forbidden_words",
+    "min_paragraphs",
+)
 
 
 @register("writing")
@@ -116,16 +137,26 @@ def writing(sample: GradeInput, settings: dict) -> Grade:
         results.append({"constraint": c, "ok": bool(ok), "observed": observed})
     n_ok = sum(r["ok"] for r in results)
     score = n_ok / len(results) if results else 0.0
-    return Grade(score, bool(results) and n_ok == len(results),
-                 {"constraints": results, "chars": len(text), "words": count_words(text),
-                  "empty": not text, "truncated": sample.finish_reason == "length"})
+    return Grade(
+        score,
+        bool(results) and n_ok == len(results),
+        {
+            "constraints": results,
+            "chars": len(text),
+            "words": count_words(text),
+            "empty": not text,
+            "truncated": sample.finish_reason == "length",
+        },
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # long-form: the 100,000-character novel with a reminder every 10,000 characters
 
-_REMINDER_WORDS = (r"reminder|progress|checkpoint|milestone|characters?\s+(?:so far|written)|字数|提醒|进度|已写|已完成|"
-                   r"字符")
+_REMINDER_WORDS = (
+    r"reminder|progress|checkpoint|milestone|characters?\s+(?:so far|written)|字数|提醒|进度|已写|已完成|"
+    r"字符"
+)
 _NUMBER = re.compile(r"(\d{1,3}(?:[,，]\d{3})+|\d+(?:\.\d+)?)\s*(万|萬|k|K|千)?")
 
 
@@ -210,15 +241,17 @@ def longest_repeat(text: str, limit: int = 200_000) -> int:
 def window_stats(window: str, n: int = 50) -> dict[str, float]:
     """Degeneration statistics of one window: zlib ratio, repeated character n-gram share, distinct-2."""
     raw = window.encode("utf-8")
-    grams = Counter(window[i:i + n] for i in range(max(len(window) - n + 1, 0)))
+    grams = Counter(window[i : i + n] for i in range(max(len(window) - n + 1, 0)))
     total = sum(grams.values())
     repeated = sum(c for c in grams.values() if c > 1)
     words = _WORD.findall(window) + _CJK.findall(window)
     bigrams = list(zip(words, words[1:], strict=False))
-    return {"chars": len(window),
-            "compression_ratio": round(len(zlib.compress(raw, 9)) / len(raw), 4) if raw else 0.0,
-            f"repeated_{n}gram_share": round(repeated / total, 4) if total else 0.0,
-            "distinct_2": round(len(set(bigrams)) / len(bigrams), 4) if bigrams else 0.0}
+    return {
+        "chars": len(window),
+        "compression_ratio": round(len(zlib.compress(raw, 9)) / len(raw), 4) if raw else 0.0,
+        f"repeated_{n}gram_share": round(repeated / total, 4) if total else 0.0,
+        "distinct_2": round(len(set(bigrams)) / len(bigrams), 4) if bigrams else 0.0,
+    }
 
 
 def _token_count(text: str, tokenizer: str | None) -> tuple[int | None, str]:
@@ -242,7 +275,9 @@ def longform(sample: GradeInput, settings: dict) -> Grade:
     from its true offset; default 1000), `length_tolerance` (fraction below target that still
     passes length; default 0), `reminder_pattern` (regex for the reminder line when the prompt
     fixes its format; default: a short line with a reminder word and a number), `tokenizer`
-    (HF tokenizer name/path for a token count, loaded offline; optional).
+    (HF tokenizer name/path for a token count, loaded offline; optional). With a `rubric` and a
+    judge (settings `judge` or env DSPARITY_JUDGE), excerpts from the start, middle and end
+    (`excerpt_chars` each, default 2000) are judged too: `details.quality` (not in the score).
     Lengths are Unicode code points of the final answer (reasoning stripped), whitespace and
     markup included. score = mean of [length ok, reminder recall, stated-count accuracy];
     passed = length ok and every expected reminder matched with a correct count.
@@ -264,17 +299,54 @@ def longform(sample: GradeInput, settings: dict) -> Grade:
     recall = sum(i is not None for i in matches) / len(expected) if expected else 0.0
     stated_acc = sum(r["stated_ok"] for r in matched) / len(expected) if expected else 0.0
     tokens, token_note = _token_count(text, cfg.get("tokenizer"))
-    windows = [window_stats(text[i:i + every]) for i in range(0, n, every)] if n else []
+    windows = [window_stats(text[i : i + every]) for i in range(0, n, every)] if n else []
     score = (float(length_ok) + recall + stated_acc) / 3
     passed = length_ok and bool(expected) and recall == 1.0 and stated_acc == 1.0
-    return Grade(score, passed, {
-        "chars": n, "target_chars": target, "length_ok": length_ok, "tokens": tokens, "tokens_source": token_note,
-        "truncated": sample.finish_reason == "length", "reminder_every": every, "tolerance": tol,
-        "expected_positions": expected, "reminders": reminders[:500],
-        "matched": [None if i is None else reminders[i]["offset"] for i in matches],
-        "recall": round(recall, 4), "spurious": len(reminders) - len(matched),
-        "stated_count_accuracy": round(stated_acc, 4),
-        "windows": windows, "longest_repeat_chars": longest_repeat(text),
-        "max_repeated_50gram_share": max((w["repeated_50gram_share"] for w in windows), default=0.0),
-        "counting": "Unicode code points of the final answer, whitespace and markup included"})
+    return Grade(
+        score,
+        passed,
+        {
+            "chars": n,
+            "target_chars": target,
+            "length_ok": length_ok,
+            "tokens": tokens,
+            "tokens_source": token_note,
+            "truncated": sample.finish_reason == "length",
+            "reminder_every": every,
+            "tolerance": tol,
+            "expected_positions": expected,
+            "reminders": reminders[:500],
+            "matched": [None if i is None else reminders[i]["offset"] for i in matches],
+            "recall": round(recall, 4),
+            "spurious": len(reminders) - len(matched),
+            "stated_count_accuracy": round(stated_acc, 4),
+            "windows": windows,
+            "longest_repeat_chars": longest_repeat(text),
+            "max_repeated_50gram_share": max((w["repeated_50gram_share"] for w in windows), default=0.0),
+            "counting": "Unicode code points of the final answer, whitespace and markup included",
+            "quality": _judge_excerpts(text, cfg, sample.doc),
+        },
+    )
 
+
+def _judge_excerpts(text: str, cfg: dict[str, Any], doc: dict[str, Any]) -> dict[str, Any] | None:
+    """The rubric judge on the start, middle and end of a long text (None without rubric/judge)."""
+    judge = cfg.get("judge") or os.environ.get("DSPARITY_JUDGE")
+    if not cfg.get("rubric") or not judge or not text:
+        return None
+    from dsparity.evals.graders.judge import score_answer
+
+    k = int(cfg.get("excerpt_chars", 2000))
+    mid = max(len(text) // 2 - k // 2, 0)
+    parts = [text[:k], text[mid : mid + k], text[-k:]] if len(text) > 3 * k else [text]
+    excerpt = "\n\n[…]\n\n".join(parts)
+    question = next((str(doc[f]) for f in ("prompt", "question", "instruction") if f in doc), "")
+    return score_answer(
+        question,
+        excerpt,
+        judge=judge,
+        rubric=cfg["rubric"],
+        doc=doc,
+        scale=tuple(cfg.get("scale", (1, 10))),
+        retries=int(cfg.get("retries", 2)),
+    )

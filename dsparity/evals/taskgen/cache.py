@@ -12,12 +12,12 @@ import json
 import os
 import tempfile
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 # Bump when a generator changes what it produces for the same parameters.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,6 @@ class GenOptions:
     seed: int | None = None
     lengths: tuple[int, ...] | None = None  # longctx target lengths in tokens
     tokenizer: str | None = None  # longctx: model name / folder whose tokenizer counts tokens
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, **overrides) -> GenOptions:
@@ -47,7 +46,7 @@ class GenOptions:
 
     def as_metadata(self) -> dict[str, Any]:
         """What travels to the task loaders through lm-eval's TaskManager(metadata=...)."""
-        data = {k: v for k, v in asdict(self).items() if v not in (None, {})}
+        data = {k: v for k, v in asdict(self).items() if v is not None}
         if "lengths" in data:
             data["lengths"] = list(data["lengths"])
         return {"dsparity_options": data} if data else {}

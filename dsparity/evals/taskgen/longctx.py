@@ -130,16 +130,16 @@ def _fit(length: int, count: Counter, stream: str, render: Callable[[str], str])
         ids = ids + ids
     fixed = count(render(""))
     n = max(0, length - fixed)
-    best, best_gap = render(""), abs(fixed - length)
+    best_context, best_gap = "", abs(fixed - length)
     for _ in range(8):
-        prompt = render(count.decode(ids[:n]).strip())
-        got = count(prompt)
+        context = count.decode(ids[:n]).strip()
+        got = count(render(context))
         if abs(got - length) < best_gap:
-            best, best_gap = prompt, abs(got - length)
+            best_context, best_gap = context, abs(got - length)
         if got == length or best_gap <= LENGTH_TOLERANCE * length:
             break
         n = max(0, n + (length - got))
-    return best
+    return render(best_context)  # rendered last, so what `render` recorded belongs to this prompt
 
 
 def _key(rng: random.Random, used: set[str]) -> str:
@@ -234,33 +234,52 @@ def _cwe(rng, length, depth, count, docs) -> dict[str, Any]:
     intro = "Below is a numbered list of words. Some words appear more often than others.\n\n"
 
     reps = max(4, min(30, length // 256))  # RULER uses 30 for long inputs; short ones need fewer
+    rare_reps = 2
 
-    def render_n(n_rare: int) -> str:
-        words = [w for w in common for _ in range(reps)] + rare_pool[:n_rare] * 2
-        random.Random(n_rare).shuffle(words)
+    def render_n(n_rare: int, n_once: int = 0) -> str:
+        words = [w for w in common for _ in range(reps)] + rare_pool[:n_rare] * rare_reps
+        words += rare_pool[n_rare:n_rare + n_once]  # singletons fill the last few tokens
+        random.Random(n_rare * 7919 + n_once).shuffle(words)
         body = "\n".join(f"{i + 1}. {w}" for i, w in enumerate(words))
         return f"{intro}{body}\n\n{question}"
 
-    lo, hi = 0, len(rare_pool)
     if count(render_n(0)) > length:
         raise DsparityError("longctx cwe", f"length {length}", "too short for 10 common words",
-                            "use lengths of at least 512 tokens for cwe")
-    while lo < hi:  # largest n_rare whose prompt fits
-        mid = (lo + hi + 1) // 2
-        if count(render_n(mid)) <= length:
-            lo = mid
-        else:
-            hi = mid - 1
-    prompt = render_n(lo)
+                            "use lengths of at least 1024 tokens for cwe")
+    # Very long inputs outgrow the vocabulary: repeat the rare words more, always well below
+    # the common words' count.
+    while rare_reps < reps // 2 and count(render_n(len(rare_pool) - 1)) < length:
+        rare_reps += 1
+
+    def largest(fits) -> int:
+        lo, hi = 0, len(rare_pool) - 1
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if fits(mid):
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
+
+    n_rare = largest(lambda n: count(render_n(n)) <= length)
+    n_once = largest(lambda m: n_rare + m < len(rare_pool) and count(render_n(n_rare, m)) <= length)
+    prompt = render_n(n_rare, n_once)
     return {"prompt": prompt, "question": question, "answer": " | ".join(common), "depth": None,
-            "needle_depths": [], "keys": common}
+            "needle_depths": [], "keys": common, "common_count": reps, "rare_count": rare_reps}
 
 
 def _qa(rng, length, depth, count, docs) -> dict[str, Any]:
-    answer_i = rng.randrange(len(docs))
-    gold = docs[answer_i]
-    sentences = [s for s in re.split(r"(?<=[.!?])\s+", gold["text"]) if s]
-    candidates = [i for i, s in enumerate(sentences) if len(s) > 40] or [0]
+    for _ in range(1000):  # a document with a quotable sentence short enough for this length
+        answer_i = rng.randrange(len(docs))
+        gold = docs[answer_i]
+        sentences = [s for s in re.split(r"(?<=[.!?])\s+", gold["text"]) if s]
+        candidates = [i for i, s in enumerate(sentences)
+                      if 40 < len(s) <= 200 and "\n" not in s and count(s) <= max(16, length // 10)]
+        if candidates:
+            break
+    else:
+        raise DsparityError("longctx qa", f"length {length}", "no passage fits",
+                            "use lengths of at least 1024 tokens for qa")
     k = rng.choice(candidates)
     passage = sentences[k]
     # The gold document is the passage with its neighbours, at most a quarter of the prompt.
@@ -268,7 +287,7 @@ def _qa(rng, length, depth, count, docs) -> dict[str, Any]:
     while True:
         grown = False
         for lo2, hi2 in ((lo - 1, hi), (lo, hi + 1)):
-            if 0 <= lo2 and hi2 <= len(sentences) and \
+            if lo2 >= 0 and hi2 <= len(sentences) and \
                     count(" ".join(sentences[lo2:hi2])) <= length // 4:
                 lo, hi, grown = lo2, hi2, True
         if not grown:

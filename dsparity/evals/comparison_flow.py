@@ -1,0 +1,73 @@
+"""One comparison end to end: start both backends, run both models, pair and judge.
+
+Shared by `dsparity compare` and scheduled jobs, so both record runs and comparisons the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from dsparity.evals.compare import compare_runs
+from dsparity.evals.runner import RunResult, RunSettings, execute_run
+from dsparity.evals.specs import ModelSpec
+from dsparity.evals.store import Store
+from dsparity.evals.tasks import TaskSpec
+
+
+@dataclass
+class ComparisonOutcome:
+    candidate: RunResult
+    baseline: RunResult
+    comparison: dict[str, Any] | None  # None when a run stopped at its budget
+
+
+class FreshAnswers(Store):
+    """The same store, without answers from the response cache: a scheduled job must ask the
+    model again, or a silent change behind an unchanged endpoint would never be seen."""
+
+    def __init__(self, store: Store):  # shares the engine: opens nothing
+        self.__dict__.update(store.__dict__)
+
+    def cached_many(self, keys: list[str]) -> dict:
+        return {}
+
+
+async def run_comparison(cand_spec: ModelSpec, base_spec: ModelSpec, task_specs: list[TaskSpec],
+                         settings: RunSettings, store: Store | Callable[[], Store], margin: float, *,
+                         log: Callable[[str], Any] = print, show_progress: bool = True,
+                         judge: str | None = None) -> tuple[Store, ComparisonOutcome]:
+    """Both runs and their comparison. `store` may be a factory, called once both backends
+    have passed their preflight (so a wrong URL leaves no database behind)."""
+    from dsparity.evals.backends import make_backend
+
+    base_backend = make_backend(base_spec)
+    await base_backend.start()  # cheap preflight first: a wrong URL fails before any model loads
+    cand_backend = make_backend(cand_spec)
+    try:
+        await cand_backend.start()
+    except BaseException:
+        await base_backend.close()
+        raise
+    if not isinstance(store, Store):
+        try:
+            store = store()
+        except BaseException:
+            await cand_backend.close()
+            await base_backend.close()
+            raise
+    log(f"[bold]candidate[/] {cand_spec.label}")
+    try:
+        cand = await execute_run(cand_spec, task_specs, settings, store, backend=cand_backend,
+                                 show_progress=show_progress)
+    except BaseException:
+        await base_backend.close()
+        raise
+    log(f"[bold]baseline[/] {base_spec.label}")
+    base = await execute_run(base_spec, task_specs, settings, store, backend=base_backend,
+                             show_progress=show_progress)
+    if cand.stopped_by_budget or base.stopped_by_budget:
+        return store, ComparisonOutcome(cand, base, None)
+    return store, ComparisonOutcome(cand, base, compare_runs(store, cand.run_id, base.run_id,
+                                                             margin=margin, judge=judge))

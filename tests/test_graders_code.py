@@ -1,0 +1,115 @@
+"""Code graders against hand-labelled fixtures, stdin/stdout tests, pass@k."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from itertools import combinations
+from pathlib import Path
+
+import pytest
+
+from dsparity.evals import sandbox
+from dsparity.evals.graders import GradeInput, get_grader
+from dsparity.evals.graders.code import extract_code, outputs_match, pass_at_k, pass_at_k_table
+
+FIXTURES = Path(__file__).parent / "fixtures" / "graders"
+needs_sandbox = pytest.mark.skipif(
+    sandbox.bwrap_path() is None or not os.access("/usr/bin/python3", os.X_OK),
+    reason="bubblewrap or Debian's /usr/bin/python3 absent (scripts/setup installs them)",
+)
+CASES = [json.loads(line) for line in (FIXTURES / "code.jsonl").read_text().splitlines() if line.strip()]
+
+
+def test_fixture_count():
+    assert len(CASES) >= 50
+
+
+@needs_sandbox
+def test_code_grader_agrees_with_labels():
+    grader = get_grader("code")
+    wrong = []
+    for case in CASES:
+        g = grader(GradeInput(case["text"], "", case["doc"], case["finish_reason"]), case["settings"])
+        if g.passed != case["expected"]:
+            wrong.append((case["id"], case["note"], g.details["status"], g.details["stderr"][-300:]))
+    assert not wrong, wrong
+
+
+def test_extract_code():
+    assert extract_code("a\n```python\nx=1\n```\nb\n```python\nx=2\n```") == "x=2\n"
+    assert extract_code("```\nuntagged\n```\n```text\nnot code\n```") == "untagged\n"
+    assert extract_code("```js\nlet a\n```\n```python\nok\n```\n```bash\nls\n```") == "ok\n"
+    assert extract_code("plain") == "plain"
+    assert extract_code("<think>```python\nbad\n```</think>done") == "done"
+
+
+@needs_sandbox
+def test_stdio_grader():
+    grader = get_grader("stdio")
+    doc = {
+        "tests": [
+            {"stdin": "1 2\n", "stdout": "3\n"},
+            {"stdin": "10 -4\n", "stdout": "6"},
+            {"stdin": "100000000000000000 1\n", "stdout": "100000000000000001\n"},
+        ]
+    }
+    good = "```python\na, b = map(int, input().split())\nprint(a + b)\n```"
+    g = grader(GradeInput(good, "", doc), {})
+    assert g.passed and g.score == 1.0
+    float_sum = "```python\na, b = map(float, input().split())\nprint(a + b)\n```"
+    g = grader(GradeInput(float_sum, "", doc), {})
+    # 3.0 == 3 as Decimals, but 1e+17 is not 100000000000000001 (no float closeness for integers)
+    assert [t["verdict"] for t in g.details["tests"]] == ["AC", "AC", "WA"]
+    half = "```python\na, b = map(int, input().split())\nprint(a + b if a < 5 else a - b)\n```"
+    g = grader(GradeInput(half, "", doc), {})
+    assert g.score == pytest.approx(1 / 3) and not g.passed
+    loop = "```python\nwhile True: pass\n```"
+    g = grader(GradeInput(loop, "", doc), {"timeout_s": 1, "stop_after_timeouts": 1})
+    assert [t["verdict"] for t in g.details["tests"]] == ["TLE", "skipped", "skipped"]
+    crash = "```python\nraise SystemExit(2)\n```"
+    assert grader(GradeInput(crash, "", doc), {}).details["tests"][0]["verdict"] == "RE"
+
+
+def test_outputs_match():
+    assert outputs_match("1 2 \n3\n\n", "1 2\n3")
+    assert outputs_match("0.3333333333", "0.33333333333")
+    assert outputs_match("3.0", "3") and not outputs_match("0.34", "0.33333")
+    assert not outputs_match("5e16", "50000000000000001")
+    assert not outputs_match("3", "4")
+    assert not outputs_match("1 2", "1 2 3")
+
+
+def test_pass_at_k_matches_the_combinatorial_definition():
+    for n in range(1, 9):
+        for c in range(n + 1):
+            for k in range(1, n + 1):
+                brute = 1 - math.comb(n - c, k) / math.comb(n, k)
+                assert pass_at_k(n, c, k) == pytest.approx(brute)
+    outcomes = [True, False, False, True, False]
+    subsets = list(combinations(outcomes, 2))
+    assert pass_at_k(5, 2, 2) == pytest.approx(sum(any(s) for s in subsets) / len(subsets))
+    table = pass_at_k_table(
+        {"a": [True, False, False, False], "b": [True] * 4, "c": [False] * 2}, ks=(1, 2, 4)
+    )
+    assert table == {1: pytest.approx((0.25 + 1 + 0) / 3), 2: pytest.approx((0.5 + 1 + 0) / 3)}
+    with pytest.raises(ValueError):
+        pass_at_k(2, 1, 3)
+
+
+def test_code_grader_refuses_without_bwrap(monkeypatch):
+    monkeypatch.setattr(sandbox, "bwrap_path", lambda: None)
+    case = CASES[0]
+    with pytest.raises(sandbox.SandboxUnavailable):
+        get_grader("code")(GradeInput(case["text"], "", case["doc"]), {})
+
+
+def test_pass_at_k_for_run():
+    from dsparity.evals.graders.code import pass_at_k_for_run
+    from dsparity.evals.store import SampleKey
+
+    grades = {SampleKey("he", d, r): {"passed": int(d == 0 or r == 0)} for d in range(2) for r in range(4)}
+    assert pass_at_k_for_run(grades, ks=(1, 2)) == {
+        "he": {1: pytest.approx((1 + 0.25) / 2), 2: pytest.approx((1 + 0.5) / 2)}
+    }
