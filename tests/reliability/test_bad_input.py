@@ -6,31 +6,17 @@ import sys
 from pathlib import Path
 
 import pytest
+from task_folders import TASK_YAML, write_task
 
 from dsparity import cli
 from dsparity.evals.store import Store
-from dsparity.evals.tasks import BUILTIN_TASKS
 
-GOOD_YAML = """task: {name}
-custom_dataset: !function utils.load
-dataset_kwargs:
-  data_file: {data}
-test_split: test
-output_type: generate_until
-doc_to_text: "{{{{question}}}}"
-doc_to_target: "{{{{answer}}}}"
-metadata:
-  version: 1
-  dsparity:
-    suite: bad
-    grader: exact
-"""
 TASK_FILES = {
     "bad_yaml": ("task: [unclosed\n", "not valid YAML"),
-    "missing_field": (GOOD_YAML.replace("output_type: generate_until\n", ""), "output_type: missing"),
-    "unknown_grader": (GOOD_YAML.replace("grader: exact", "grader: vibes"), "unknown grader"),
-    "loglikelihood": (GOOD_YAML.replace("generate_until", "loglikelihood"), "not supported"),
-    "settings_list": (GOOD_YAML.replace("  dsparity:\n    suite: bad\n    grader: exact\n",
+    "missing_field": (TASK_YAML.replace("output_type: generate_until\n", ""), "output_type: missing"),
+    "unknown_grader": (TASK_YAML.replace("grader: {grader}", "grader: vibes"), "unknown grader"),
+    "loglikelihood": (TASK_YAML.replace("generate_until", "loglikelihood"), "not supported"),
+    "settings_list": (TASK_YAML.replace("  dsparity:\n    suite: {suite}\n    grader: {grader}\n",
                                         "  dsparity: [1, 2]\n"), "must be a mapping"),
     "not_mapping": ("- just\n- a list\n", "must be a YAML mapping"),
 }
@@ -38,19 +24,6 @@ DATA_FILES = {
     "broken_json": ('{"question": "q", "answer": "a"}\n{oops\n', "data.jsonl:2: not valid JSON"),
     "not_object": ('["q", "a"]\n', "not a JSON object"),
 }
-
-
-def _task_dir(tmp_path: Path, name: str, yaml_text: str, data: str = "data.jsonl",
-              data_text: str = '{"question": "q", "answer": "a"}\n') -> Path:
-    root = tmp_path / "tasks"
-    folder = root / name
-    folder.mkdir(parents=True)
-    (root / "_dsparity_data.py").write_text((BUILTIN_TASKS / "_dsparity_data.py").read_text())
-    (folder / "utils.py").write_text((BUILTIN_TASKS / "smoke" / "utils.py").read_text())
-    (folder / "data.jsonl").write_text(data_text)
-    (folder / f"{name}.yaml").write_text(yaml_text.format(name=name, data=data) if "{name}" in yaml_text
-                                         else yaml_text)
-    return root
 
 
 def _cases(tmp_path: Path) -> list[tuple[list[str], str]]:
@@ -95,12 +68,12 @@ def _cases(tmp_path: Path) -> list[tuple[list[str], str]]:
     cases.append((["run", "--model", "openai:m@http://127.0.0.1:9/v1", "--prices", str(prices_broken)],
                   "cannot read the price table"))
     for name, (text, words) in TASK_FILES.items():
-        root = _task_dir(tmp_path / name, name, text)
+        root = write_task(tmp_path / name, name, yaml_text=text)
         cases.append((["run", "--model", "local:x", "--tasks", name, "--include", str(root)], words))
     for name, (data_text, words) in DATA_FILES.items():
-        root = _task_dir(tmp_path / name, name, GOOD_YAML, data_text=data_text)
+        root = write_task(tmp_path / name, name, rows=data_text)
         cases.append((["run", "--model", "local:x", "--tasks", name, "--include", str(root)], words))
-    escape = _task_dir(tmp_path / "escape", "escape", GOOD_YAML, data="../" * 16 + "etc/hostname")
+    escape = write_task(tmp_path / "escape", "escape", data="../" * 16 + "etc/hostname")
     cases.append((["run", "--model", "local:x", "--tasks", "escape", "--include", str(escape)],
                   "leaves the task folder"))
     return cases
