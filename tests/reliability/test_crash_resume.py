@@ -86,4 +86,6 @@ def test_ten_kill_9s_then_resume_equals_an_uninterrupted_run(tmp_path):
     # Re-sent at all: only requests in flight at a kill (at most the concurrency, 2, per kill).
     assert sum(counts.values()) - ITEMS <= 2 * KILLS
     progress = [n for _, n, _ in kill_log]
+    print(f"\nfigures crash_resume: {KILLS} kills, answers stored at each kill {progress}, "
+          f"requests sent {sum(counts.values())} for {ITEMS} items")
     assert progress == sorted(progress) and progress[-1] > 0

@@ -44,3 +44,12 @@ def test_2000_requests_with_20_percent_faults_lose_nothing(tmp_path):
     # Every answered item was right except the reasoning-only ones (an empty answer is a wrong
     # answer, not an error): the difference is exactly their share, errors excluded.
     assert task["mean_a"] == (task["n"] - len(reasoning_only)) / task["n"]
+    print(f"\nfigures faults_volume: {N} items, {faulty.requests} attempts, "
+          f"injected {dict(faulty.injected)}, errors left {len(errors)} ({_classes(errors)}), reasoning-only answers {len(reasoning_only)}")
+
+
+def _classes(rows) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for r in rows:
+        out[r["error_class"]] = out.get(r["error_class"], 0) + 1
+    return out

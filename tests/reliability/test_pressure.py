@@ -55,6 +55,7 @@ def test_full_disk_stops_cleanly_and_the_run_resumes(tmp_path, small_disk):
         rows = c.execute("select task, doc_id, repeat, error from samples").fetchall()
     assert len(rows) == len(set(rows)) == 60 and all(r[3] is None for r in rows)
     assert resent <= 60 - stored + 2  # only what was missing (plus at most the two in flight)
+    print(f"\nfigures disk_full: stopped with {stored}/60 stored, resumed sending {resent}")
 
 
 def test_a_10_mb_answer_is_stored_truncated_and_the_report_renders(tmp_path):
