@@ -45,7 +45,8 @@ def test_2000_requests_with_20_percent_faults_lose_nothing(tmp_path):
     # answer, not an error): the difference is exactly their share, errors excluded.
     assert task["mean_a"] == (task["n"] - len(reasoning_only)) / task["n"]
     print(f"\nfigures faults_volume: {N} items, {faulty.requests} attempts, "
-          f"injected {dict(faulty.injected)}, errors left {len(errors)} ({_classes(errors)}), reasoning-only answers {len(reasoning_only)}")
+          f"injected {dict(faulty.injected)}, errors left {len(errors)} ({_classes(errors)}), "
+          f"reasoning-only answers {len(reasoning_only)}")
 
 
 def _classes(rows) -> dict[str, int]:
