@@ -11,7 +11,6 @@ import asyncio
 import hashlib
 import json
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -23,8 +22,9 @@ from dsparity.evals.backends import Backend, identity_key, make_backend
 from dsparity.evals.graders import GradeInput, get_grader
 from dsparity.evals.pricing import BUILTIN_PRICES, Price, price_for
 from dsparity.evals.specs import ModelSpec
-from dsparity.evals.store import SampleKey, Store
+from dsparity.evals.store import SampleKey, SampleRecord, Store
 from dsparity.evals.tasks import TaskItem, TaskSpec
+from dsparity.evals.writer import GroupWriter
 
 
 @dataclass(frozen=True)
@@ -113,18 +113,15 @@ async def _generate_all(store: Store, backend: Backend, tasks: list[TaskSpec], s
     keys = {(item.task, item.doc_id, r): _cache_key(model_key, _request_for(item, r, settings), r)
             for item, r in todo}
     hits = store.cached_many(list(keys.values()))  # one query instead of one per item
-    # One writer thread: SQLite takes one writer at a time anyway, and a pool of threads would
-    # only queue on its lock.
-    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dsparity-store")
-    loop = asyncio.get_running_loop()
+    writer = GroupWriter(store)
 
     async def save(item: TaskItem, repeat: int, request, completion, cache_key: str, cached: bool) -> None:
         cost = None if price is None else (0.0 if cached else price.cost(completion.usage))
         result.cost += cost or 0.0
         fields = dict(doc_hash=item.doc_hash, prompt_hash=item.prompt_hash, target=item.target,
                       doc=item.doc, request=request.to_dict(), cached=int(cached), cost=cost)
-        await loop.run_in_executor(writer, store.record, result.run_id,
-                                   SampleKey(item.task, item.doc_id, repeat), fields, completion, cache_key)
+        await writer.write(SampleRecord(result.run_id, SampleKey(item.task, item.doc_id, repeat), fields,
+                                        completion, cache_key))
         if completion.error:
             result.errors += 1
             cls = completion.error_class or "unknown"
@@ -160,7 +157,7 @@ async def _generate_all(store: Store, backend: Backend, tasks: list[TaskSpec], s
         try:
             await asyncio.gather(*(one(item, r) for item, r in todo))
         finally:
-            writer.shutdown(wait=True)
+            writer.close()
 
 
 def _cache_key(model_key: str, request, repeat: int) -> str:

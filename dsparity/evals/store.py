@@ -303,32 +303,13 @@ class Store:
     def record(self, run_id: str, key: SampleKey, fields: dict[str, Any], completion: Completion,
                cache_key: str | None) -> None:
         """Write one sample (and its cache entry) in one transaction; replaces an errored row."""
-        text, truncated = _cap(completion.text)
-        reasoning, truncated_r = _cap(completion.reasoning)
-        row = dict(run_id=run_id, task=key.task, doc_id=key.doc_id, repeat=key.repeat,
-                   text=text, reasoning=reasoning, truncated=int(truncated or truncated_r),
-                   finish_reason=completion.finish_reason,
-                   prompt_tokens=completion.usage.prompt_tokens,
-                   completion_tokens=completion.usage.completion_tokens,
-                   reasoning_tokens=completion.usage.reasoning_tokens,
-                   usage=completion.to_dict()["usage"], latency_s=completion.latency_s,
-                   error=completion.error, error_class=completion.error_class,
-                   created_at=time.time(), **fields)
-        where = (samples.c.run_id == run_id, samples.c.task == key.task,
-                 samples.c.doc_id == key.doc_id, samples.c.repeat == key.repeat)
+        self.record_many([SampleRecord(run_id, key, fields, completion, cache_key)])
+
+    def record_many(self, records: list[SampleRecord]) -> None:
+        """Write samples in one transaction (a group commit): all of them or none."""
         with self._storage_errors(), self.engine.begin() as c:
-            existing = c.execute(select(samples.c.error).where(*where)).first()
-            if existing is not None and existing[0] is None:
-                return  # already answered: never overwrite an answer
-            if existing is not None:
-                c.execute(samples.delete().where(*where))
-            c.execute(samples.insert().values(**row))
-            if cache_key and completion.ok:
-                stored = completion.to_dict() | {"text": text, "reasoning": reasoning}
-                if c.execute(select(responses.c.key).where(responses.c.key == cache_key)).first() \
-                        is None:
-                    c.execute(responses.insert().values(key=cache_key, completion=stored,
-                                                        created_at=time.time()))
+            for r in records:
+                _write_sample(c, r)
 
     @contextlib.contextmanager
     def _storage_errors(self):
@@ -488,6 +469,41 @@ class Store:
         with self.engine.connect() as c:
             row = c.execute(select(leases).where(leases.c.name == name)).mappings().first()
         return dict(row) if row else None
+
+
+@dataclass(frozen=True)
+class SampleRecord:
+    run_id: str
+    key: SampleKey
+    fields: dict[str, Any]  # doc_hash, prompt_hash, target, doc, request, cached, cost
+    completion: Completion
+    cache_key: str | None
+
+
+def _write_sample(c, r: SampleRecord) -> None:
+    """Insert one sample and its cache entry; never overwrite an answer, replace an error."""
+    text, truncated = _cap(r.completion.text)
+    reasoning, truncated_r = _cap(r.completion.reasoning)
+    usage = r.completion.usage
+    row = dict(run_id=r.run_id, task=r.key.task, doc_id=r.key.doc_id, repeat=r.key.repeat,
+               text=text, reasoning=reasoning, truncated=int(truncated or truncated_r),
+               finish_reason=r.completion.finish_reason, prompt_tokens=usage.prompt_tokens,
+               completion_tokens=usage.completion_tokens, reasoning_tokens=usage.reasoning_tokens,
+               usage=r.completion.to_dict()["usage"], latency_s=r.completion.latency_s,
+               error=r.completion.error, error_class=r.completion.error_class,
+               created_at=time.time(), **r.fields)
+    where = (samples.c.run_id == r.run_id, samples.c.task == r.key.task,
+             samples.c.doc_id == r.key.doc_id, samples.c.repeat == r.key.repeat)
+    existing = c.execute(select(samples.c.error).where(*where)).first()
+    if existing is not None and existing[0] is None:
+        return  # already answered: never overwrite an answer
+    if existing is not None:
+        c.execute(samples.delete().where(*where))
+    c.execute(samples.insert().values(**row))
+    if r.cache_key and r.completion.ok and \
+            c.execute(select(responses.c.key).where(responses.c.key == r.cache_key)).first() is None:
+        stored = r.completion.to_dict() | {"text": text, "reasoning": reasoning}
+        c.execute(responses.insert().values(key=r.cache_key, completion=stored, created_at=time.time()))
 
 
 def _cap(text: str) -> tuple[str, bool]:
