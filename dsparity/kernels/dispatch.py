@@ -1,0 +1,177 @@
+"""Pick an implementation of each DSA primitive per call: by device, dtype, length and autograd.
+
+Modes (``DSPARITY_KERNELS`` in the environment, `configure(mode=...)`, or the ``backend=``
+argument of the public functions):
+
+- ``auto`` (default): the rules below.
+- ``reference``: the torch reference everywhere.
+- ``cpu``: the blocked torch kernels (`cpu.py`) everywhere, sparse attention always gathered.
+- ``dense``: blocked indexer/top-k, sparse attention as masked dense SDPA (the index set becomes
+  a [S, T] mask; same result, O(S*T) memory).
+- ``triton``: the Triton kernels (CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``).
+
+Rules of ``auto``:
+
+1. Autograd needed (grad mode on and an input requires grad) -> reference: the fast paths write
+   into reused buffers and have no backward. (Every mode falls back to the reference there.)
+2. CUDA tensors -> Triton when it imports and the dtype is fp32/bf16/fp16, else the reference.
+3. CPU tensors -> `cpu` kernels; sparse attention with T keys below the crossover of its kind
+   (prefill: more than one query row; decode: one row) -> masked dense SDPA instead.
+
+The crossovers are measured with ``python bench/attention.py --crossover`` (fp32, one thread,
+default DSA shapes: 16 query heads on one KV head, D = 128, k = 2048) on the development CPU and
+can be overridden with ``DSPARITY_CROSSOVER_PREFILL`` / ``DSPARITY_CROSSOVER_DECODE`` or
+`configure`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+MODES = ("auto", "reference", "cpu", "dense", "triton")
+
+# Measured (bench/attention.py --crossover, see module docstring): below these key counts masked
+# dense attention is at least as fast as gathering the selected rows.
+CROSSOVER_PREFILL = 8192
+CROSSOVER_DECODE = 3072
+
+
+@dataclass
+class DispatchConfig:
+    mode: str = "auto"
+    crossover_prefill: int = CROSSOVER_PREFILL
+    crossover_decode: int = CROSSOVER_DECODE
+
+
+def _from_env() -> DispatchConfig:
+    mode = os.environ.get("DSPARITY_KERNELS", "auto").strip().lower() or "auto"
+    if mode not in MODES:
+        raise ValueError(f"DSPARITY_KERNELS={mode!r}: expected one of {', '.join(MODES)}")
+    return DispatchConfig(
+        mode=mode,
+        crossover_prefill=int(os.environ.get("DSPARITY_CROSSOVER_PREFILL", CROSSOVER_PREFILL)),
+        crossover_decode=int(os.environ.get("DSPARITY_CROSSOVER_DECODE", CROSSOVER_DECODE)),
+    )
+
+
+config = _from_env()
+
+
+def configure(mode: str | None = None, *, crossover_prefill: int | None = None,
+              crossover_decode: int | None = None) -> DispatchConfig:
+    """Change the process-wide dispatch settings; returns the new settings."""
+    if mode is not None:
+        if mode not in MODES:
+            raise ValueError(f"kernel mode {mode!r}: expected one of {', '.join(MODES)}")
+        config.mode = mode
+    if crossover_prefill is not None:
+        config.crossover_prefill = crossover_prefill
+    if crossover_decode is not None:
+        config.crossover_decode = crossover_decode
+    return config
+
+
+def needs_grad(*tensors: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def triton_usable(device: torch.device) -> bool:
+    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        return False
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+_FAST_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def choose(op: str, *tensors: torch.Tensor, s: int = 0, t: int = 0, mode: str | None = None) -> str:
+    """Implementation name for `op` ("scores", "topk", "attention", "indexer_topk").
+
+    Returns one of "reference", "cpu", "dense" (masked dense attention), "triton".
+    """
+    mode = mode or config.mode
+    if needs_grad(*tensors):
+        return "reference"
+    first = tensors[0]
+    if mode == "dense":
+        return "dense" if op == "attention" else ("cpu" if first.device.type == "cpu" else "reference")
+    if mode == "triton" and op == "topk":
+        return "cpu"  # no Triton top-k kernel over a given score matrix: torch's topk path
+    if mode != "auto":
+        return mode
+    if first.device.type == "cuda":
+        ok = triton_usable(first.device) and all(x.dtype in _FAST_DTYPES for x in tensors
+                                                 if x.is_floating_point())
+        if ok and op != "topk":
+            return "triton"
+        return "cpu" if op in ("topk", "indexer_topk") else "reference"
+    if first.device.type != "cpu":
+        return "reference"
+    if op == "attention":
+        limit = config.crossover_decode if s == 1 else config.crossover_prefill
+        return "dense" if t < limit else "cpu"
+    return "cpu"
+
+
+def _impl(name: str):
+    from dsparity.kernels import cpu, reference
+
+    if name == "reference":
+        return reference
+    if name == "triton":
+        from dsparity.kernels import triton_kernels
+
+        return triton_kernels
+    return cpu
+
+
+def indexer_scores(q, k, w, *, scale=None, causal=True, mode: str | None = None):
+    name = choose("scores", q, k, w, s=q.shape[1], t=k.shape[1], mode=mode)
+    return _impl(name).indexer_scores(q, k, w, scale=scale, causal=causal)
+
+
+def select_topk(scores, k, *, mode: str | None = None):
+    name = choose("topk", scores, s=scores.shape[1], t=scores.shape[2], mode=mode)
+    return _impl(name).select_topk(scores, k)
+
+
+def sparse_attention(q, k, v, indices, *, scale=None, mode: str | None = None):
+    name = choose("attention", q, k, v, s=q.shape[1], t=k.shape[1], mode=mode)
+    if name == "dense":
+        from dsparity.kernels import cpu
+
+        return cpu.masked_dense_attention(q, k, v, indices, scale=scale)
+    return _impl(name).sparse_attention(q, k, v, indices, scale=scale)
+
+
+def indexer_topk(q, k, w, topk: int, *, scale=None, causal=True, ordered=True,
+                 mode: str | None = None):
+    """select_topk(indexer_scores(...)) without the [B, S, T] matrix where the backend allows."""
+    name = choose("indexer_topk", q, k, w, s=q.shape[1], t=k.shape[1], mode=mode)
+    if name == "reference":
+        from dsparity.kernels import reference
+
+        return reference.select_topk(reference.indexer_scores(q, k, w, scale=scale, causal=causal),
+                                     topk)
+    return _impl(name).indexer_topk(q, k, w, topk, scale=scale, causal=causal, ordered=ordered)
+
+
+def backend_for(mode: str):
+    """A `kernels.Backend` whose functions dispatch with `mode` fixed ("auto" reads `config`)."""
+    from dsparity.kernels import Backend
+
+    fixed = None if mode == "auto" else mode
+    return Backend(
+        lambda q, k, w, *, scale=None, causal=True: indexer_scores(q, k, w, scale=scale,
+                                                                   causal=causal, mode=fixed),
+        lambda scores, k: select_topk(scores, k, mode=fixed),
+        lambda q, k, v, indices, *, scale=None: sparse_attention(q, k, v, indices, scale=scale,
+                                                                 mode=fixed),
+    )

@@ -1,0 +1,187 @@
+"""Turn a dense transformers Llama / Qwen2 / Qwen3 / Mistral model into a DSA model, in place.
+
+Every attention module gets a `LightningIndexer` (submodule ``dsa_indexer``) and a forward
+pre-hook. The hook sees the attention input x (there is no query latent in these models, so x is
+the indexer's query source too, dsa.md §8.1), projects this step's indexer keys, appends them to
+an indexer key cache kept on the transformers KV-cache object, and leaves everything for the
+registered attention function (`attention.dsa_attention`), which scores, selects and attends.
+
+Why the key cache: decode must select exactly what a full forward selects for the same position
+(dsa.md §3.7, §8.2.1). Keys are stored post-LayerNorm and post-RoPE, like the reference demo, so
+a decode step scores against the very vectors prefill computed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from types import MethodType
+
+import torch
+
+from dsparity.model.attention import (
+    DSA_ATTENTION,
+    DSALayer,
+    DSARuntime,
+    PendingIndexerInputs,
+    register,
+)
+from dsparity.model.config import DSAConfig
+from dsparity.model.indexer import LightningIndexer
+
+SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
+_CACHE_ATTR = "dsa_index_keys"  # {layer_idx: [B, T, d_I]} stored on the KV-cache object
+
+
+def attention_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The self-attention module of each decoder layer, in layer order."""
+    return [layer.self_attn for layer in model.model.layers]
+
+
+def dsa_layers(model: torch.nn.Module) -> Iterator[DSALayer]:
+    for attn in attention_modules(model):
+        yield attn.dsa_layer
+
+
+def _rope_theta(config) -> float:
+    params = getattr(config, "rope_parameters", None) or {}
+    return float(params.get("rope_theta", getattr(config, "rope_theta", 10000.0)))
+
+
+def convert_to_dsa(model: torch.nn.Module, config: DSAConfig | None = None, *,
+                   seed: int = 0) -> torch.nn.Module:
+    """Attach indexers (random init, fp32) and switch attention to ``dsparity_dsa``. In place."""
+    config = config or DSAConfig()
+    model_type = getattr(model.config, "model_type", "?")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(f"convert_to_dsa supports {', '.join(SUPPORTED_MODEL_TYPES)} models; "
+                         f"got model_type={model_type!r} (DeepseekV32 has its own indexer: "
+                         f"use dsparity.model.use_dsparity_attention)")
+    if getattr(model, "dsa_runtime", None) is not None:
+        raise ValueError("model is already converted to DSA; use set_dsa() to change it")
+    register()
+    runtime = DSARuntime(config)
+    theta = config.rope_theta or _rope_theta(model.config)
+    device = next(model.parameters()).device
+    with torch.random.fork_rng(devices=[]):  # reproducible init without touching global RNG
+        torch.manual_seed(seed)
+        for layer_idx, attn in enumerate(attention_modules(model)):
+            indexer = LightningIndexer(model.config.hidden_size, config, theta).to(device)
+            attn.dsa_indexer = indexer
+            attn.dsa_layer = DSALayer(layer_idx, indexer, runtime)
+            attn.dsa_layer.hook = attn.register_forward_pre_hook(_indexer_pre_hook,
+                                                                 with_kwargs=True)
+    model.dsa_runtime = runtime
+    model.dsa_base_attn_implementation = model.config._attn_implementation
+    model.set_attn_implementation(DSA_ATTENTION)
+    return model
+
+
+def remove_dsa(model: torch.nn.Module) -> torch.nn.Module:
+    """Undo `convert_to_dsa`: drop indexers and hooks, restore the original attention."""
+    for attn in attention_modules(model):
+        attn.dsa_layer.hook.remove()
+        del attn.dsa_indexer
+        del attn.dsa_layer
+    model.set_attn_implementation(model.dsa_base_attn_implementation)
+    model.dsa_runtime = None
+    return model
+
+
+def set_dsa(model: torch.nn.Module, *, enabled: bool | None = None,
+            topk: int | None = None) -> DSAConfig:
+    """Switch sparse selection on/off or change index_topk on a converted model (no reload)."""
+    runtime: DSARuntime = model.dsa_runtime
+    if enabled is not None:
+        runtime.enabled = enabled
+    if topk is not None:
+        runtime.config = replace(runtime.config, index_topk=topk)
+    return runtime.config
+
+
+def use_dsparity_attention(model: torch.nn.Module, *,
+                           deterministic_indexer: bool = True) -> torch.nn.Module:
+    """Run a model with its own indexer (transformers' DeepseekV32ForCausalLM) on dsparity's
+    sparse attention: transformers then passes ``indices`` to the attention function.
+
+    With `deterministic_indexer`, each ``DeepseekV32Indexer`` keeps its weights and projections but
+    scores and selects through `dsparity.kernels` (deterministic ties, -1 padding). transformers'
+    own selection breaks exact ties (common: ReLU zeros) with ``torch.topk``, whose order depends
+    on the row length, so its decode and full forward pick different keys; ours does not.
+    """
+    register()
+    model.set_attn_implementation(DSA_ATTENTION)
+    if deterministic_indexer:
+        for module in model.modules():
+            if type(module).__name__ == "DeepseekV32Indexer":
+                module.forward = MethodType(_deepseek_v32_indexer_forward, module)
+    return model
+
+
+def _deepseek_v32_indexer_forward(self, hidden_states: torch.Tensor, q_resid: torch.Tensor,
+                                  position_embeddings: tuple[torch.Tensor, torch.Tensor],
+                                  attention_mask: torch.Tensor, position_ids=None, cache=None,
+                                  **kwargs) -> torch.Tensor:
+    """transformers' DeepseekV32Indexer.forward (5.x) with dsparity's scoring and top-k.
+
+    Same projections and NeoX RoPE on the first qk_rope_head_dim dims; score
+    (H_I d_I)^-1/2 sum_j w_j ReLU(q_j . k) equals transformers' relu(q.k d^-1/2) w H^-1/2.
+    """
+    from transformers.models.deepseek_v32.modeling_deepseek_v32 import apply_rotary_pos_emb
+
+    from dsparity import kernels
+
+    b, s, _ = hidden_states.shape
+    r = self.qk_rope_head_dim
+    cos, sin = position_embeddings
+    with torch.no_grad():
+        q = self.wq_b(q_resid).view(b, s, self.n_heads, self.head_dim)  # [B, S, H_I, d_I]
+        k = self.k_norm(self.wk(hidden_states)).unsqueeze(2)  # [B, S, 1, d_I]
+        q_rot, k_rot = apply_rotary_pos_emb(q[..., :r], k[..., :r], cos, sin, unsqueeze_dim=2)
+        q = torch.cat([q_rot, q[..., r:]], dim=-1)
+        k = torch.cat([k_rot, k[..., r:]], dim=-1).squeeze(2)  # [B, S, d_I]
+        if cache is not None:
+            k = cache.update_indexer(k, self.layer_idx)  # [B, T, d_I]
+        w = self.weights_proj(hidden_states.to(self.weights_proj.weight.dtype))
+        scores = kernels.indexer_scores(q, k, w)  # [B, S, T], bottom-right causal
+        if attention_mask is not None:  # padding; [B, S, T] bool (True = keep) or additive
+            keep = attention_mask if attention_mask.dtype == torch.bool else \
+                attention_mask > torch.finfo(attention_mask.dtype).min / 2
+            scores = scores.masked_fill(~keep, float("-inf"))
+        return kernels.select_topk(scores, self.index_topk)
+
+
+def _update_index_cache(cache, layer_idx: int, new_keys: torch.Tensor, past: int) -> torch.Tensor:
+    """Append this step's keys; the cache must hold exactly `past` keys (the KV cache's length)."""
+    store: dict[int, torch.Tensor] = getattr(cache, _CACHE_ATTR, None)
+    if store is None:
+        store = {}
+        setattr(cache, _CACHE_ATTR, store)
+    old = store.get(layer_idx)
+    held = 0 if old is None else old.shape[1]
+    if held < past:
+        raise RuntimeError(
+            f"DSA layer {layer_idx}: the KV cache holds {past} tokens but the indexer key cache "
+            f"only {held}; the cache was filled before the model was converted to DSA")
+    # held > past after a cache crop (e.g. assisted decoding): drop the rejected tail.
+    keys = new_keys if old is None or past == 0 else torch.cat([old[:, :past], new_keys], dim=1)
+    store[layer_idx] = keys
+    return keys
+
+
+def _indexer_pre_hook(module: torch.nn.Module, args: tuple, kwargs: dict):
+    layer: DSALayer = module.dsa_layer
+    x = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]  # [B, S, hidden]
+    cache = kwargs.get("cache", kwargs.get("past_key_values"))
+    b, s, _ = x.shape
+    past = cache.get_seq_length(layer.layer_idx) if cache is not None else 0
+    positions = kwargs.get("position_ids")
+    if positions is None:
+        positions = torch.arange(past, past + s, device=x.device).unsqueeze(0)
+    positions = positions.expand(b, s)
+    with torch.no_grad():  # the indexer is trained on captured inputs (warmup.py), never here
+        new_keys = layer.indexer.keys(x, positions)
+        keys = new_keys if cache is None else _update_index_cache(cache, layer.layer_idx,
+                                                                  new_keys, past)
+    layer.pending = PendingIndexerInputs(x.detach(), positions, keys)
+    return None

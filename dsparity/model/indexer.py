@@ -1,0 +1,80 @@
+"""The lightning indexer: a small multi-head ReLU scorer that picks which keys each query reads.
+
+DeepSeek-V3.2-Exp, dsa.md §3 ([MOD Indexer]):
+    q^I[t, j] = W^IQ_j  c^Q_t            (H_I heads x d_I; c^Q = query latent, else the attention input)
+    k^I[s]    = LayerNorm(W^IK x_s)      (one key per token, shared by all heads; LN with bias)
+    w[t, j]   = (W^W x_t)_j              (no activation: a head may vote a key down)
+    RoPE (NeoX half-split) on the first `rotary_dim` dims of q^I and k^I, the rest unrotated.
+    I(t, s)   = (H_I d_I)^-1/2 * sum_j w[t, j] * ReLU(q^I[t, j] . k^I[s])   (kernels.indexer_scores)
+
+The module always computes in float32 (it is small, and selection must not depend on whether the
+backbone runs in bf16); it returns projections, never scores, so the scoring kernel stays swappable.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from dsparity.model.config import DSAConfig
+
+
+def rope_inv_freq(rotary_dim: int, theta: float) -> torch.Tensor:
+    """[rotary_dim / 2] inverse frequencies theta^(-2i/r) (Su et al. RoFormer; same table as MLA's)."""
+    return 1.0 / (theta ** (torch.arange(0, rotary_dim, 2, dtype=torch.float64) / rotary_dim))
+
+
+def apply_rope(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor,
+               layout: str = "neox") -> torch.Tensor:
+    """Rotate the first 2*len(inv_freq) dims of x [B, S, ..., d] at `positions` [B, S].
+
+    neox: pairs (i, i + r/2) - the half-split layout DeepSeek's Nov-2025 fix mandates for the
+    indexer (dsa.md §3.2). interleaved: pairs (2i, 2i + 1), the original demo's (buggy) layout.
+    """
+    r = 2 * inv_freq.numel()
+    if r == 0:
+        return x
+    angles = positions.to(torch.float64).unsqueeze(-1) * inv_freq.to(x.device)  # [B, S, r/2]
+    while angles.dim() < x.dim():  # broadcast over head dims: [B, S, 1, r/2]
+        angles = angles.unsqueeze(-2)
+    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    rot, rest = x[..., :r], x[..., r:]
+    if layout == "neox":
+        x1, x2 = rot[..., : r // 2], rot[..., r // 2 :]
+        rot = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+    else:
+        x1, x2 = rot[..., 0::2], rot[..., 1::2]
+        rot = torch.stack([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).flatten(-2)
+    return torch.cat([rot, rest], dim=-1)
+
+
+class LightningIndexer(nn.Module):
+    """Per-layer indexer projections (DeepSeek names: wq_b, wk, k_norm, weights_proj)."""
+
+    def __init__(self, hidden_size: int, config: DSAConfig, rope_theta: float,
+                 q_input_size: int | None = None):
+        super().__init__()
+        h, d = config.index_n_heads, config.index_head_dim
+        self.n_heads, self.head_dim = h, d
+        self.rope_layout = config.rope_layout
+        self.wq = nn.Linear(q_input_size or hidden_size, h * d, bias=False)
+        self.wk = nn.Linear(hidden_size, d, bias=False)
+        self.k_norm = nn.LayerNorm(d, eps=1e-6)  # LayerNorm with bias, eps 1e-6 [MOD]
+        self.weights_proj = nn.Linear(hidden_size, h, bias=False)
+        self.register_buffer("inv_freq", rope_inv_freq(config.rotary_dim, rope_theta).float(),
+                             persistent=False)
+
+    def keys(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """x [B, S, hidden] -> rotated keys [B, S, d_I] (what the indexer key cache stores)."""
+        k = self.k_norm(self.wk(x.to(self.wk.weight.dtype)))
+        return apply_rope(k, positions, self.inv_freq.double(), self.rope_layout)
+
+    def queries(self, x: torch.Tensor, positions: torch.Tensor,
+                q_input: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (q [B, S, H_I, d_I] rotated, w [B, S, H_I]). q_input: query latent if any."""
+        b, s, _ = x.shape
+        src = x if q_input is None else q_input
+        q = self.wq(src.to(self.wq.weight.dtype)).view(b, s, self.n_heads, self.head_dim)
+        q = apply_rope(q, positions, self.inv_freq.double(), self.rope_layout)
+        w = self.weights_proj(x.to(self.weights_proj.weight.dtype))
+        return q, w
