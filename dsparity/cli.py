@@ -115,7 +115,10 @@ def _print_run(result, db) -> None:
 
 @app.command()
 def compare(
-    candidate: Annotated[str, typer.Option(help="Candidate model spec")] = DEFAULT_CANDIDATE,
+    candidate: Annotated[list[str] | None, typer.Option(
+        help="Candidate model spec; repeat it to compare several (e.g. one per attention mode: "
+             "attention=dsa|window|block|oracle at the same topk) against one baseline, side by "
+             f"side [default: {DEFAULT_CANDIDATE}]")] = None,
     baseline: Annotated[str | None, typer.Option(
         help="Baseline model spec [default: the dense default model served by `dsparity serve` "
              "on loopback, started and stopped by this command]")] = None,
@@ -128,23 +131,95 @@ def compare(
     from dsparity.evals.runner import RunSettings
     from dsparity.evals.specs import parse_spec
 
-    cand_spec = parse_spec(candidate, source="--candidate")
+    cand_specs = [parse_spec(c, source="--candidate") for c in (candidate or [DEFAULT_CANDIDATE])]
     base_spec = parse_spec(baseline, source="--baseline") if baseline else None
     task_specs = _load_tasks(suite, tasks, limit, include, size)
     with _served_default() if base_spec is None else contextlib.nullcontext(base_spec) as served:
         settings = RunSettings(suite=suite or tasks or DEFAULT_SUITE, limit=limit,
                                repeats=repeats, seed=seed, budget=budget, prices=load_prices(prices))
-        asyncio.run(_compare(cand_spec, served, task_specs, settings, db, margin, out_dir))
+        asyncio.run(_compare(cand_specs, served, task_specs, settings, db, margin, out_dir))
 
 
-async def _compare(cand_spec, base_spec, task_specs, settings, db, margin, out_dir) -> None:
+async def _compare(cand_specs, base_spec, task_specs, settings, db, margin, out_dir) -> None:
+    """One comparison per candidate against the same baseline (its run resumes, never re-asks);
+    with several candidates the first report gains the side-by-side section (modes_report.py)."""
     from dsparity.evals.comparison_flow import run_comparison
     from dsparity.evals.store import Store
 
-    store, outcome = await run_comparison(cand_spec, base_spec, task_specs, settings,
-                                          lambda: Store(db), margin, log=console.print)
-    _exit_if_budget_stopped([outcome.candidate, outcome.baseline])
-    _write_report(store, outcome.comparison, out_dir)
+    store = lambda: Store(db)  # noqa: E731  (opened once the first backends pass their preflight)
+    comparisons = []
+    for cand_spec in cand_specs:
+        store, outcome = await run_comparison(cand_spec, base_spec, task_specs, settings,
+                                              store, margin, log=console.print)
+        _exit_if_budget_stopped([outcome.candidate, outcome.baseline])
+        comparisons.append(outcome.comparison)
+    if len(comparisons) > 1:
+        from dsparity.evals.modes_report import side_by_side
+
+        recall = await asyncio.to_thread(_modes_recall, store, cand_specs, comparisons)
+        comparisons[0]["modes"] = side_by_side(comparisons, recall)
+        comparisons[0]["modes"]["reproduce"] = _reproduce_all(comparisons)
+    for comparison in comparisons:
+        _write_report(store, comparison, out_dir)
+    if len(comparisons) > 1:
+        _print_modes(comparisons[0]["modes"])
+
+
+def _reproduce_all(comparisons) -> str:
+    """The one command behind a side-by-side report: the first comparison's, every candidate."""
+    import shlex
+
+    from dsparity.evals.report import reproduce_command
+
+    parts = shlex.split(reproduce_command(comparisons[0]))
+    at = parts.index("--candidate") + 2
+    extra = [x for c in comparisons[1:] for x in ("--candidate", c["candidate"]["model_spec"])]
+    return shlex.join(parts[:at] + extra + parts[at:])
+
+
+def _modes_recall(store, cand_specs, comparisons, prompts: int = 2) -> dict[str, dict | None]:
+    """Attention-mass recall of each local sparse candidate on its longest long-context prompts."""
+    from dsparity.evals.backends import make_backend
+
+    recall: dict[str, dict | None] = {}
+    for spec, comparison in zip(cand_specs, comparisons, strict=True):
+        run_id = comparison["candidate"]["id"]
+        if spec.kind != "local" or spec.opt("attention", "dense") == "dense":
+            recall[run_id] = None
+            continue
+        longctx = {m["task"] for m in comparison.get("longctx_maps", [])}
+        rows = [r for r in store.samples(run_id)
+                if r["error"] is None and (not longctx or r["task"] in longctx)]
+        rows.sort(key=lambda r: -(r["prompt_tokens"] or 0))
+        messages = [r["request"]["messages"] for r in rows[:prompts]]
+        console.print(f"[bold]recall[/] {spec.label}: attention mass kept on {len(messages)} prompt(s)")
+        backend = make_backend(spec)
+        try:
+            backend.load()
+            recall[run_id] = backend.selection_recall(messages) if messages else None
+        finally:
+            backend.model = None
+    return recall
+
+
+def _print_modes(section: dict) -> None:
+    table = Table(title=f"side by side against {section['baseline']['label']}")
+    table.add_column("task")
+    table.add_column("baseline")
+    for col in section["columns"]:
+        table.add_column(f"{col['label']}\n{col['mode']}" + (f" k={col['topk']}" if col["topk"] else ""))
+    for row in section["tasks"]:
+        table.add_row(row["task"], _pct(row["baseline"]), *[_pct(v) for v in row["modes"]])
+    table.add_row("verdict", "", *[c["verdict"] for c in section["columns"]])
+    table.add_row("recall", "", *["n/a" if c["recall"] is None else f"{c['recall']:.3f}"
+                                  for c in section["columns"]])
+    table.add_row("latency s p50", _num(section["baseline"]["latency_p50"]),
+                  *[_num(c["latency_p50"]) for c in section["columns"]])
+    out.print(table)
+
+
+def _num(v) -> str:
+    return "n/a" if v is None else f"{v:.2f}"
 
 
 def _exit_if_budget_stopped(results) -> None:
@@ -305,7 +380,7 @@ def _existing_store(db: str | None):
 
 @app.command()
 def serve(
-    model: Annotated[str, typer.Option("--model", help="Local model spec")] = DEFAULT_CANDIDATE,
+    model: Annotated[str, typer.Option("--model", help="Local model spec")] = f"local:{DEFAULT_MODEL}",
     host: Annotated[str, typer.Option(help="Bind address")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port")] = 8000,
     name: Annotated[str | None, typer.Option(help="Model id clients use [default: the spec]")] = None,
@@ -413,6 +488,45 @@ def tasks_show(
         out.print(f"\n[bold]item {item.doc_id}[/] (doc {item.doc_hash}, max tokens "
                   f"{item.request.max_tokens}) target: {item.target[:120]!r}", soft_wrap=True)
         out.print(short, highlight=False, markup=False, soft_wrap=True)
+
+
+@app.command("cost-curve")
+def cost_curve(
+    model: Annotated[str, typer.Option("--model", help="Local model name or folder")] = DEFAULT_MODEL,
+    length: Annotated[int, typer.Option(min=64, help="Tokens in the measured pass")] = 8192,
+    chunk: Annotated[int, typer.Option(min=1, help="Prefill chunk (tokens per timed forward)")] = 512,
+    topk: Annotated[int, typer.Option(min=1, help="DSA top-k")] = 256,
+    decode_every: Annotated[int, typer.Option(min=1, help="Decode probe every N positions")] = 1024,
+    price: Annotated[float, typer.Option(min=0.0, help="Price of this machine per hour ($)")] = 2.0,
+    threads: Annotated[int, typer.Option(min=1, help="torch threads")] = 1,
+    trained: Annotated[bool, typer.Option(
+        help="Use warmed-up indexers (prepare_dsa; warms up if not cached) instead of untrained "
+             "ones; the cost does not depend on them")] = False,
+    out_dir: OutDir = Path("results/cost-curve"),
+) -> None:
+    """Prefill and decode cost per token vs position, dense vs DSA (table + SVG plot)."""
+    import torch
+
+    from dsparity.kernels import cost
+    from dsparity.model.loading import load_causal_lm
+
+    torch.set_num_threads(threads)
+    console.print(f"loading {model} ...")
+    lm, tokenizer, resolved = load_causal_lm(model)
+    dsa_model = None
+    if trained:
+        import copy
+
+        from dsparity.model import prepare_dsa
+
+        dsa_model = prepare_dsa(copy.deepcopy(lm), tokenizer, base_revision=resolved.revision, topk=topk)
+    curve = cost.measure(lm, name=model, length=length, chunk=chunk, topk=topk, dsa_model=dsa_model,
+                         decode_every=decode_every, price_per_hour=price, progress=console.print)
+    paths = cost.write(curve, out_dir)
+    out.print(cost.table(curve), highlight=False, soft_wrap=True)
+    out.print(cost.summary(curve), highlight=False, soft_wrap=True)
+    out.print(f"price assumption: ${price:g} per hour of this machine; report: {paths['html']}",
+              highlight=False, soft_wrap=True)
 
 
 @tasks_app.command("validate")

@@ -15,12 +15,16 @@ from urllib.parse import parse_qsl, urlparse
 from dsparity.errors import DsparityError
 from dsparity.model.loading import DEFAULT_MODEL
 
-DEFAULT_CANDIDATE = f"local:{DEFAULT_MODEL}"
+# The mission in miniature: the same weights plus a warmed-up lightning indexer (top-k 256, well
+# below the smoke suite's long-context items) against the dense model served over the API.
+DEFAULT_CANDIDATE = f"local:{DEFAULT_MODEL}?attention=dsa&topk=256"
 SERVED_DEFAULT_LABEL = f"dsparity-serve/{DEFAULT_MODEL}"  # the default baseline, over the API
 
 LOCAL_KEYS = {
-    "attention": "dense | dsa",
-    "topk": "DSA top-k budget (int)",
+    "attention": "dense | dsa | window | block | oracle (sparsity controls at the same top-k budget)",
+    "topk": "top-k budget, keys per query token (int; DSA and the controls)",
+    "sink": "attention=window: sink tokens kept at the start (int, default 4)",
+    "block_size": "attention=block: keys per block (int, default 64)",
     "dtype": "float32 | bfloat16 | float16",
     "device": "cpu | cuda | auto",
     "threads": "torch CPU threads (int)",
@@ -39,10 +43,11 @@ OPENAI_KEYS = {
     "tpm": "tokens per minute at most (float)",
     "price": "price row for cost accounting (see dsparity.evals.pricing)",
 }
-INT_KEYS = {"topk", "threads", "max_batch", "concurrency", "retries"}
+INT_KEYS = {"topk", "threads", "max_batch", "concurrency", "retries", "sink", "block_size"}
+ZERO_OK = {"retries", "sink"}  # int keys where 0 means "none"
 FLOAT_KEYS = {"timeout", "rpm", "tpm"}
 CHOICES = {
-    "attention": {"dense", "dsa"},
+    "attention": {"dense", "dsa", "window", "block", "oracle"},
     "dtype": {"float32", "bfloat16", "float16"},
     "device": {"cpu", "cuda", "auto"},
     "stream": {"true", "false"},
@@ -111,7 +116,7 @@ def _convert(key: str, value: str, source: str, text: str):
     try:
         if key in INT_KEYS:
             number = int(value)
-            if number < (0 if key == "retries" else 1):
+            if number < (0 if key in ZERO_OK else 1):
                 raise ValueError
             return number
         if key in FLOAT_KEYS:
@@ -120,7 +125,7 @@ def _convert(key: str, value: str, source: str, text: str):
                 raise ValueError
             return number
     except ValueError:
-        kind = ("a whole number >= 0" if key == "retries" else "a positive integer") if key in INT_KEYS \
+        kind = ("a whole number >= 0" if key in ZERO_OK else "a positive integer") if key in INT_KEYS \
             else "a positive number"
         raise DsparityError(source, where, f"{value!r} is not {kind}",
                             f"write {key}=<{kind}>") from None

@@ -50,6 +50,14 @@ class DSARuntime:
     # Sparse training with the LM loss (sparse_training.py): when not None, each layer appends its
     # indexer loss KL(p_S || softmax(I_S)) over the selected set (TR eq. 4) here.
     indexer_losses: list[torch.Tensor] | None = None
+    # Selection rule at the same budget (`modes.py`): "dsa" = the lightning indexer; "window",
+    # "block", "oracle" = the sparsity controls. `apply_mode` sets these three.
+    mode: str = "dsa"
+    sink: int = 4  # window: sink tokens
+    block_size: int = 64  # block: keys per block
+    # Analysis hook: inspect(layer_idx, p [B,S,T] head-averaged dense probs, indices [B,S,k]).
+    # When set, layers run dense (the dense model's hidden states) and report what they would select.
+    inspect: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None
 
     @property
     def topk(self) -> int:
@@ -138,6 +146,18 @@ def _indexer_scores(layer: DSALayer, t: int, valid: torch.Tensor | None,
     return scores
 
 
+def _selection_scores(layer: DSALayer, q: torch.Tensor, k: torch.Tensor, t: int,
+                      valid: torch.Tensor | None, scale: float, train: bool = False) -> torch.Tensor:
+    """[B, S, T] scores of the runtime's mode: the indexer's (dsa) or a control's (modes.py)."""
+    runtime = layer.runtime
+    if runtime.mode == "dsa":
+        return _indexer_scores(layer, t, valid, train=train)
+    from dsparity.model.modes import mode_scores
+
+    return mode_scores(runtime.mode, q, k, valid, scale=scale, sink=runtime.sink,
+                       block_size=runtime.block_size)
+
+
 def selected_set_loss(scores: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
                       indices: torch.Tensor, scale: float) -> torch.Tensor:
     """KL(p_{t,S_t} || softmax(I_{t,S_t})) averaged over rows (TR eq. 4).
@@ -201,12 +221,17 @@ def dsa_attention(
             out, probs = dense_attention_with_probs(q, k, v, valid, scale)
             runtime.capture(layer.layer_idx, layer.pending.x, probs)
             return out, None
+        if runtime.inspect is not None:
+            out, probs = dense_attention_with_probs(q, k, v, valid, scale)
+            idx = kernels.select_topk(_selection_scores(layer, q, k, t, valid, scale), runtime.topk)
+            runtime.inspect(layer.layer_idx, probs, idx)
+            return out, None
         training = runtime.indexer_losses is not None
         # k >= every row's candidate count: selection is everything, i.e. exactly dense.
         short = t <= runtime.topk and runtime.config.dense_when_short and not training
         if not runtime.enabled or short:
             return dense_attention(q, k, v, valid, scale), None
-        scores = _indexer_scores(layer, t, valid, train=training)
+        scores = _selection_scores(layer, q, k, t, valid, scale, train=training)
         idx = kernels.select_topk(scores.detach(), runtime.topk)  # selection has no gradient
         if runtime.recorded is not None:
             runtime.recorded.setdefault(layer.layer_idx, []).append(idx)

@@ -28,7 +28,8 @@ class LocalBackend:
         self.concurrency = 1
         self.identity: dict[str, Any] = {"kind": "local", "model": spec.name,
                                          "options": {k: v for k, v in spec.options.items()
-                                                     if k in ("attention", "topk", "dtype")}}
+                                                     if k in ("attention", "topk", "dtype", "sink",
+                                                              "block_size")}}
         self._lock = threading.Lock()  # one forward pass at a time, whatever the caller's loop
         self._pending: list[tuple[Request, asyncio.Future]] = []
         self._draining = False
@@ -55,11 +56,8 @@ class LocalBackend:
             raise DsparityError(f"model {self.spec.name}", "chat_template",
                                 "the tokenizer has no chat template",
                                 "use an instruct/chat model or add a chat_template to its tokenizer")
-        if self.spec.opt("attention", "dense") == "dsa":
-            from dsparity.model import prepare_dsa
-
-            model = prepare_dsa(model, tokenizer, base_revision=resolved.revision,
-                                topk=int(self.spec.opt("topk", 256)))
+        if self.spec.opt("attention", "dense") != "dense":
+            model = _with_mode(model, tokenizer, resolved.revision, self.spec)
         tokenizer.padding_side = "left"
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
@@ -72,6 +70,8 @@ class LocalBackend:
             chat_template_sha256=hashlib.sha256(tokenizer.chat_template.encode()).hexdigest()[:16],
             dsa=getattr(model, "dsa_revision", None),
         )
+        if resolved.source.startswith(("hf:", "modelscope:")):  # the pinned hub snapshot
+            self.identity["source"] = resolved.source
 
     async def generate(self, request: Request) -> Completion:
         future = asyncio.get_running_loop().create_future()
@@ -153,6 +153,48 @@ class LocalBackend:
 
     async def close(self) -> None:
         self.model = None
+
+    def selection_recall(self, prompts: list, *, max_tokens: int = 2048) -> dict | None:
+        """Attention-mass recall of this model's attention mode on prompts (text or chat messages),
+        mean over layers and prompts; None for a dense model or when no prompt is longer than k."""
+        from dsparity.model.modes import selection_recall
+
+        if self.model is None:
+            self.load()
+        runtime = getattr(self.model, "dsa_runtime", None)
+        if runtime is None or not runtime.enabled:
+            return None
+        results = []
+        with self._lock:
+            for prompt in prompts:
+                messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+                text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True,
+                                                          tokenize=False)
+                ids = self.tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+                if ids.shape[-1] > runtime.topk:
+                    results.append(selection_recall(self.model, ids[:, :max_tokens]))
+        if not results:
+            return None
+        per_layer = [sum(r["per_layer"][i] for r in results) / len(results)
+                     for i in range(len(results[0]["per_layer"]))]
+        return {"recall": sum(per_layer) / len(per_layer), "per_layer": per_layer,
+                "prompts": len(results), "tokens": [r["tokens"] for r in results]}
+
+
+def _with_mode(model, tokenizer, base_revision: str, spec: ModelSpec):
+    """`attention=dsa` (the warmed-up lightning indexer) or a sparsity control at the same top-k
+    (`window`, `block`, `oracle`: dsparity.model.modes), on one DSA-converted model."""
+    from dsparity.model import DSAConfig, convert_to_dsa, prepare_dsa
+    from dsparity.model.modes import DEFAULT_BLOCK_SIZE, DEFAULT_SINK, apply_mode
+
+    mode = str(spec.opt("attention"))
+    topk = int(spec.opt("topk", 256))
+    if mode == "dsa":
+        model = prepare_dsa(model, tokenizer, base_revision=base_revision, topk=topk)
+    else:  # the controls never read the indexer: no warm-up
+        convert_to_dsa(model, DSAConfig(index_topk=topk))
+    return apply_mode(model, mode, topk=topk, sink=int(spec.opt("sink", DEFAULT_SINK)),
+                      block_size=int(spec.opt("block_size", DEFAULT_BLOCK_SIZE)))
 
 
 def _pick_device(spec: ModelSpec) -> str:
