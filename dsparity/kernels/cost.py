@@ -13,6 +13,7 @@ cost does not depend on the indexer's weights, only on its shapes and on k.
 
 from __future__ import annotations
 
+import copy
 import json
 import statistics
 import time
@@ -55,60 +56,59 @@ def usd_per_mtok(seconds_per_token: float, price_per_hour: float) -> float:
 
 
 def _walk(model, ids: torch.Tensor, chunk: int, decode_every: int, decode_steps: int):
-    """[(phase, position, seconds per token)] over one pass of `ids` [1, L] with a KV cache."""
+    """Yields (phase, position, seconds per token) over one pass of `ids` [1, L] with a KV cache."""
     from transformers import DynamicCache
 
-    out = []
     cache = DynamicCache(config=model.config)
     pos, length, next_decode = 0, ids.shape[1], decode_every
-    with torch.no_grad():
-        while pos + chunk <= length:
-            t0 = time.perf_counter()
-            model(ids[:, pos:pos + chunk], cache=cache, use_cache=True, logits_to_keep=1)
-            out.append(("prefill", pos, (time.perf_counter() - t0) / chunk))
-            pos += chunk
-            if pos >= next_decode and pos + decode_steps <= length:
-                next_decode += decode_every
-                steps = []
-                for _ in range(decode_steps):
-                    t0 = time.perf_counter()
-                    model(ids[:, pos:pos + 1], cache=cache, use_cache=True)
-                    steps.append(time.perf_counter() - t0)
-                    pos += 1
-                out.append(("decode", pos - decode_steps, statistics.median(steps)))
-    return out
+
+    def step(x):
+        # Grad mode is switched per call, never across a `yield`: a generator suspended inside a
+        # no_grad block would leave the caller's grad mode changed.
+        with torch.no_grad():
+            model(x, cache=cache, use_cache=True, logits_to_keep=1)
+
+    while pos + chunk <= length:
+        t0 = time.perf_counter()
+        step(ids[:, pos:pos + chunk])
+        yield ("prefill", pos, (time.perf_counter() - t0) / chunk)
+        pos += chunk
+        if pos >= next_decode and pos + decode_steps <= length:
+            next_decode += decode_every
+            steps = []
+            for _ in range(decode_steps):
+                t0 = time.perf_counter()
+                step(ids[:, pos:pos + 1])
+                steps.append(time.perf_counter() - t0)
+                pos += 1
+            yield ("decode", pos - decode_steps, statistics.median(steps))
 
 
 def measure(model, *, name: str, length: int = 8192, chunk: int = 512, topk: int = 256,
             decode_every: int = 1024, decode_steps: int = 4, price_per_hour: float = 2.0,
-            seed: int = 0, progress=None) -> CostCurve:
-    """Measure `model` dense and as DSA (its own indexers if it has them, else untrained ones
-    attached here and removed afterwards). Input: random token ids (cost ignores content)."""
+            dsa_model=None, seed: int = 0, progress=None) -> CostCurve:
+    """Measure dense `model` against `dsa_model` (default: a copy of `model` converted with
+    untrained indexers). Input: random token ids (cost ignores content). The two variants advance
+    in lockstep, chunk by chunk, so a change in machine load hits both alike."""
     from dsparity.kernels import dispatch
-    from dsparity.model import DSAConfig, convert_to_dsa, remove_dsa, set_dsa
+    from dsparity.model import DSAConfig, convert_to_dsa, set_dsa
 
+    if dsa_model is None:
+        dsa_model = convert_to_dsa(copy.deepcopy(model), DSAConfig(index_topk=topk), seed=seed)
+    else:
+        set_dsa(dsa_model, topk=topk, enabled=True)
     vocab = model.config.vocab_size
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, vocab, (1, length), generator=g)
     curve = CostCurve(model=name, machine=_machine(), threads=torch.get_num_threads(), topk=topk,
                       chunk=chunk, price_per_hour=price_per_hour, kernels=dispatch.config.mode)
-    converted_here = False
-    for variant in ("dense", "dsa"):
-        has_dsa = getattr(model, "dsa_runtime", None) is not None
-        if variant == "dense" and has_dsa:
-            set_dsa(model, enabled=False)
-        elif variant == "dsa" and not has_dsa:
-            convert_to_dsa(model, DSAConfig(index_topk=topk), seed=seed)
-            converted_here = True
-        elif variant == "dsa":
-            set_dsa(model, topk=topk, enabled=True)
-        if progress:
-            progress(f"{variant}: {length} tokens in chunks of {chunk}")
-        for phase, pos, sec in _walk(model, ids, chunk, decode_every, decode_steps):
+    if progress:
+        progress(f"dense and DSA (k={topk}): {length} tokens in chunks of {chunk}, in lockstep")
+    walks = [_walk(m, ids, chunk, decode_every, decode_steps) for m in (model, dsa_model)]
+    for steps in zip(*walks, strict=True):
+        for variant, (phase, pos, sec) in zip(("dense", "dsa"), steps, strict=True):
             curve.rows.append(dict(variant=variant, phase=phase, position=pos, s_per_token=sec,
                                    usd_per_mtok=usd_per_mtok(sec, price_per_hour)))
-    if converted_here:
-        remove_dsa(model)
     return curve
 
 

@@ -6,11 +6,12 @@ What makes them faster than `reference.py` on CPU:
   matmul per tile, ReLU and the head-weighted sum in place, future tiles never computed.
 - Top-k takes the set from `torch.topk` (unsorted) and accepts it as is when exactly k scores
   reach the row's k-th largest value; only rows with a tie at that threshold (or masked rows)
-  go through the reference's explicit lower-index-first rule. Causal rows that see at most k
-  keys select them all without scoring.
+  go through the reference's explicit lower-index-first rule. In `indexer_topk(ordered=False)`
+  causal rows that see at most k keys select them all without scoring.
 - `indexer_topk` fuses both per query block: memory O(block_q * L), never the L x L matrix.
 - Sparse attention gathers the selected rows once per query token for all heads that share them
-  (`index_select`, contiguous 2*D-value rows) and runs the heavy part as batched matmuls.
+  (`index_select` into a reused buffer, K and V fused into one contiguous row per token) and runs
+  the heavy part as batched matmuls.
 
 All results equal the reference's: indices exactly (given the same scores), outputs within fp32
 rounding. bf16/fp16 inputs run their matmuls in that dtype (fp32 accumulation) and the softmax in
@@ -23,7 +24,7 @@ import torch
 
 BLOCK_Q = 64  # query rows per indexer tile / top-k chunk
 BLOCK_K = 4096  # keys per indexer tile: [BLOCK_Q * H_I, BLOCK_K] fp32 logits = 4 MiB
-ATTN_ROWS = 4  # query rows per gathered chunk: 4 * 2048 * 256 * 4 B = 8 MiB at k = 2048, D = 128
+ATTN_BYTES = 8 << 20  # gathered K/V per chunk of query rows: 4 rows at k = 2048, D = 128, fp32
 
 
 def _scale(h: int, d: int, scale: float | None) -> float:
@@ -195,7 +196,7 @@ def indexer_topk(q, k, w, topk: int, *, scale: float | None = None, causal: bool
 
 
 def sparse_attention(q, k, v, indices, *, scale: float | None = None,
-                     rows: int = ATTN_ROWS) -> torch.Tensor:
+                     rows: int | None = None) -> torch.Tensor:
     """Same contract as `reference.sparse_attention`: gather once per token, batched matmuls.
 
     K and V rows are gathered together (one contiguous [Hkv*(D+Dv)] row per selected token, all
@@ -210,8 +211,10 @@ def sparse_attention(q, k, v, indices, *, scale: float | None = None,
     mm_dtype = q.dtype if low else torch.promote_types(q.dtype, torch.float32)
     out = q.new_empty(b, s, hq, dv)
     kw = indices.shape[-1]
-    n_rows = min(rows, s)
     width_c = hkv * (d + dv)
+    if rows is None:  # small k: more rows per chunk, fewer Python-level steps
+        rows = max(1, min(64, ATTN_BYTES // max(1, kw * width_c * q.element_size())))
+    n_rows = min(rows, s)
     # Few gathered rows (decode): gather K and V separately; many (prefill): pay one [T, *] copy
     # to fuse K and V into one row per token, so each selected token is one contiguous read.
     fuse = s * kw >= t

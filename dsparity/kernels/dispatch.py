@@ -18,10 +18,11 @@ Rules of ``auto``:
 3. CPU tensors -> `cpu` kernels; sparse attention with T keys below the crossover of its kind
    (prefill: more than one query row; decode: one row) -> masked dense SDPA instead.
 
-The crossovers are measured with ``python bench/attention.py --crossover`` (fp32, one thread,
-default DSA shapes: 16 query heads on one KV head, D = 128, k = 2048) on the development CPU and
-can be overridden with ``DSPARITY_CROSSOVER_PREFILL`` / ``DSPARITY_CROSSOVER_DECODE`` or
-`configure`.
+Masked dense costs O(S * T), gathered sparse O(S * k), so the crossover is a multiple of k (the
+number of index slots): measured with ``python bench/attention.py --crossover`` (fp32, one
+thread, 16 query heads on one KV head, D = 128, k = 2048) on the development CPU at T = 8192
+(prefill, 4k) and T = 3072 (decode, 1.5k). ``DSPARITY_CROSSOVER_PREFILL`` /
+``DSPARITY_CROSSOVER_DECODE`` (or `configure`) set absolute key counts instead.
 """
 
 from __future__ import annotations
@@ -33,28 +34,37 @@ import torch
 
 MODES = ("auto", "reference", "cpu", "dense", "triton")
 
-# Measured (bench/attention.py --crossover, see module docstring): below these key counts masked
-# dense attention is at least as fast as gathering the selected rows.
-CROSSOVER_PREFILL = 8192
-CROSSOVER_DECODE = 3072
+# Measured (bench/attention.py --crossover, see module docstring): below these multiples of k
+# keys, masked dense attention is at least as fast as gathering the selected rows.
+CROSSOVER_PREFILL_PER_K = 4.0  # 8192 keys at k = 2048
+CROSSOVER_DECODE_PER_K = 1.5  # 3072 keys at k = 2048
 
 
 @dataclass
 class DispatchConfig:
     mode: str = "auto"
-    crossover_prefill: int = CROSSOVER_PREFILL
-    crossover_decode: int = CROSSOVER_DECODE
+    crossover_prefill: int | None = None  # absolute key counts; None: the multiple of k above
+    crossover_decode: int | None = None
+
+    def crossover(self, s: int, k: int) -> float:
+        if s == 1:
+            return self.crossover_decode if self.crossover_decode is not None else \
+                CROSSOVER_DECODE_PER_K * k
+        return self.crossover_prefill if self.crossover_prefill is not None else \
+            CROSSOVER_PREFILL_PER_K * k
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name, "").strip()
+    return int(value) if value else None
 
 
 def _from_env() -> DispatchConfig:
     mode = os.environ.get("DSPARITY_KERNELS", "auto").strip().lower() or "auto"
     if mode not in MODES:
         raise ValueError(f"DSPARITY_KERNELS={mode!r}: expected one of {', '.join(MODES)}")
-    return DispatchConfig(
-        mode=mode,
-        crossover_prefill=int(os.environ.get("DSPARITY_CROSSOVER_PREFILL", CROSSOVER_PREFILL)),
-        crossover_decode=int(os.environ.get("DSPARITY_CROSSOVER_DECODE", CROSSOVER_DECODE)),
-    )
+    return DispatchConfig(mode=mode, crossover_prefill=_env_int("DSPARITY_CROSSOVER_PREFILL"),
+                          crossover_decode=_env_int("DSPARITY_CROSSOVER_DECODE"))
 
 
 config = _from_env()
@@ -91,7 +101,8 @@ def triton_usable(device: torch.device) -> bool:
 _FAST_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
-def choose(op: str, *tensors: torch.Tensor, s: int = 0, t: int = 0, mode: str | None = None) -> str:
+def choose(op: str, *tensors: torch.Tensor, s: int = 0, t: int = 0, k: int = 2048,
+           mode: str | None = None) -> str:
     """Implementation name for `op` ("scores", "topk", "attention", "indexer_topk").
 
     Returns one of "reference", "cpu", "dense" (masked dense attention), "triton".
@@ -115,8 +126,7 @@ def choose(op: str, *tensors: torch.Tensor, s: int = 0, t: int = 0, mode: str | 
     if first.device.type != "cpu":
         return "reference"
     if op == "attention":
-        limit = config.crossover_decode if s == 1 else config.crossover_prefill
-        return "dense" if t < limit else "cpu"
+        return "dense" if t < config.crossover(s, k) else "cpu"
     return "cpu"
 
 
@@ -143,7 +153,7 @@ def select_topk(scores, k, *, mode: str | None = None):
 
 
 def sparse_attention(q, k, v, indices, *, scale=None, mode: str | None = None):
-    name = choose("attention", q, k, v, s=q.shape[1], t=k.shape[1], mode=mode)
+    name = choose("attention", q, k, v, s=q.shape[1], t=k.shape[1], k=indices.shape[-1], mode=mode)
     if name == "dense":
         from dsparity.kernels import cpu
 
