@@ -1,0 +1,3 @@
+from dsparity.cli import main
+
+main()

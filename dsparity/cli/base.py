@@ -1,0 +1,83 @@
+"""What every `dsparity` command shares: the Typer apps, consoles, option types, helpers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from dsparity.errors import DsparityError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Evidence for (or against) parity of a sparse-attention model with its "
+                       "dense baseline.")
+tasks_app = typer.Typer(no_args_is_help=True, help="List and validate task suites.")
+app.add_typer(tasks_app, name="tasks")
+jobs_app = typer.Typer(no_args_is_help=True, help="Scheduled comparison jobs (YAML job files).")
+app.add_typer(jobs_app, name="jobs")
+console = Console(stderr=True)  # progress, logs and errors
+out = Console()  # results
+
+DEFAULT_SUITE = "smoke"
+
+Db = Annotated[str | None, typer.Option("--db", help="SQLAlchemy URL of the results store "
+                                        "[default: sqlite:///results/dsparity.db or $DSPARITY_DB]")]
+
+Suite = Annotated[str | None, typer.Option("--suite", help="Comma-separated suites [default: smoke]")]
+
+TaskNames = Annotated[str | None, typer.Option("--tasks", help="Comma-separated task names")]
+
+Limit = Annotated[int | None, typer.Option("--limit", min=1, help="At most N items per task")]
+
+Repeats = Annotated[int, typer.Option("--repeats", min=1, help="Samples per item (sampled decoding)")]
+
+Include = Annotated[list[Path] | None, typer.Option("--include", help="Extra task folder(s)")]
+
+Size = Annotated[int | None, typer.Option(
+    "--size", min=1, help="Items per generated task (reasoning: per task, longctx: per length) "
+                          "[default: each task's own]")]
+
+Margin = Annotated[float, typer.Option("--margin", min=0.0, max=1.0,
+                                       help="Equivalence margin in score units (0.05 = 5 points)")]
+
+OutDir = Annotated[Path, typer.Option("--out", help="Folder for the reports")]
+
+Judge = Annotated[str | None, typer.Option(
+    "--judge", help="Model spec of the judge for tasks that ask for one [default: $DSPARITY_JUDGE]")]
+
+Budget = Annotated[float | None, typer.Option(
+    "--budget", min=0.0, help="Stop sending requests once a run has cost this much (price currency)")]
+
+Prices = Annotated[Path | None, typer.Option(
+    "--prices", help="YAML price table that adds to or overrides the built-in one")]
+
+
+def split_list(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+def load_selected_tasks(suite: str | None, tasks: str | None, limit: int | None, include: list[Path] | None,
+                size: int | None = None):
+    from dsparity.evals.tasks import load_tasks
+
+    for folder in include or []:
+        if not folder.is_dir():
+            raise DsparityError("--include", str(folder), "no such task folder",
+                                "give a folder that holds task YAML files")
+    suites = split_list(suite) or (None if tasks else [DEFAULT_SUITE])
+    return load_tasks(suites=suites, names=split_list(tasks), limit=limit, include=include, size=size)
+
+def existing_store(db: str | None):
+    from dsparity.evals.store import Store, default_url
+
+    url = db or default_url()
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        raise DsparityError("--db", url, "no results database there", "run `dsparity run` or "
+                            "`dsparity compare` first, or pass --db")
+    return Store(url)
+
+def pct(v, signed: bool = False) -> str:
+    if v is None:
+        return "n/a"
+    return f"{100 * v:+.1f}" if signed else f"{100 * v:.1f}"

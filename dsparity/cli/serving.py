@@ -1,0 +1,69 @@
+"""`dsparity serve` (OpenAI-compatible server) and `dsparity dashboard` (results browser)."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated
+
+import typer
+
+from dsparity.cli.base import (
+    Db,
+    app,
+    console,
+    existing_store,
+)
+from dsparity.errors import DsparityError
+from dsparity.model.loading import DEFAULT_MODEL
+
+
+@app.command()
+def serve(
+    model: Annotated[str, typer.Option("--model", help="Local model spec")] = f"local:{DEFAULT_MODEL}",
+    host: Annotated[str, typer.Option(help="Bind address")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port")] = 8000,
+    name: Annotated[str | None, typer.Option(help="Model id clients use [default: the spec]")] = None,
+    quiet: Annotated[bool, typer.Option(help="No access log")] = False,
+) -> None:
+    """Serve a local model over the OpenAI chat-completions API."""
+    import uvicorn
+
+    from dsparity.evals.backends.local import LocalBackend
+    from dsparity.evals.server import create_app
+    from dsparity.evals.specs import parse_spec
+
+    spec = parse_spec(model, source="--model")
+    if spec.kind != "local":
+        raise DsparityError("--model", model, "serve needs a local: model",
+                            "e.g. local:smollm2-135m-instruct")
+    backend = LocalBackend(spec)
+    backend.load()
+    console.print(f"serving {spec.text} as {name or spec.text!r} on http://{host}:{port}/v1")
+    uvicorn.run(create_app(backend, name or spec.text), host=host, port=port,
+                log_level="warning" if quiet else "info", access_log=not quiet)
+
+@app.command()
+def dashboard(
+    db: Db = None,
+    host: Annotated[str, typer.Option(help="Bind address (anything but loopback needs a token)")]
+    = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port")] = 8765,
+    token_env: Annotated[str, typer.Option(
+        help="Environment variable holding the access token")] = "DSPARITY_DASHBOARD_TOKEN",
+) -> None:
+    """Browse runs, comparisons, samples and job trends in a browser (read-only)."""
+    import uvicorn
+
+    from dsparity.evals.dashboard import create_app, is_loopback
+
+    token = os.environ.get(token_env) or None
+    if not is_loopback(host) and not token:
+        raise DsparityError("--host", host, f"binding beyond loopback needs a token in ${token_env}",
+                            f"export {token_env}=<a long random string>, or bind 127.0.0.1")
+    from sqlalchemy.engine import make_url
+
+    store = existing_store(db)
+    shown = make_url(store.url).render_as_string(hide_password=True)  # never print a password
+    console.print(f"dsparity dashboard on http://{host}:{port}/ over {shown}"
+                  + (" (token required)" if token else ""), soft_wrap=True)
+    uvicorn.run(create_app(store, token=token), host=host, port=port, log_level="warning")
