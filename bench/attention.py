@@ -48,6 +48,7 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dsparity.kernels import cpu as cpu_kernels  # noqa: E402
 from dsparity.kernels import dispatch  # noqa: E402
+from dsparity.kernels.cost import machine_description  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -217,14 +218,8 @@ def fmt_table(rows: list[dict]) -> str:
 
 
 def machine() -> str:
-    model = "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "?")
-    except OSError:
-        pass
-    return (f"{model}, {os.cpu_count()} cores, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} thread(s), load average {os.getloadavg()[0]:.1f}")
+    return (f"{machine_description()}, torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
+            f"load average {os.getloadavg()[0]:.1f}")
 
 
 def cpu_main(args) -> dict:

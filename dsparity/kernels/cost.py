@@ -100,7 +100,7 @@ def measure(model, *, name: str, length: int = 8192, chunk: int = 512, topk: int
     vocab = model.config.vocab_size
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, vocab, (1, length), generator=g)
-    curve = CostCurve(model=name, machine=_machine(), threads=torch.get_num_threads(), topk=topk,
+    curve = CostCurve(model=name, machine=machine_description(), threads=torch.get_num_threads(), topk=topk,
                       chunk=chunk, price_per_hour=price_per_hour, kernels=dispatch.config.mode)
     if progress:
         progress(f"dense and DSA (k={topk}): {length} tokens in chunks of {chunk}, in lockstep")
@@ -112,7 +112,8 @@ def measure(model, *, name: str, length: int = 8192, chunk: int = 512, topk: int
     return curve
 
 
-def _machine() -> str:
+def machine_description() -> str:
+    """CPU model (or GPU name) and core count, for benchmark and cost-curve headers."""
     import os
 
     model = "?"
