@@ -50,19 +50,9 @@ class _JsonFields:
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{lineno}: each line must be a JSON object")
-            rows.append(row)
-    return rows
+    from dsparity.evals.tasks import iter_jsonl
+
+    return [row for _, row in iter_jsonl(path)]
 
 
 def load_jsonl_splits(folder: Path, data_file: str, split: str = "test"):

@@ -182,24 +182,31 @@ def _check_data(path: Path, config: dict, grader: str) -> None:
         raise DsparityError(str(path), "dataset_kwargs.data_file", f"no such file {data.name!r}",
                             f"put the JSONL next to the YAML ({data})")
     needed = GRADER_DOC_FIELDS.get(grader, ())
-    with data.open(encoding="utf-8") as f:
+    for lineno, row in iter_jsonl(data):
+        for key in needed:
+            if key not in row:
+                raise DsparityError(f"{data}:{lineno}", key, "missing field",
+                                    f"the {grader} grader reads `{key}` from every item")
+        if grader == "writing":
+            _check_constraints(data, lineno, row["constraints"])
+
+
+def iter_jsonl(path: Path):
+    """(line number, object) for every non-blank line of a task's JSONL data; the one reader of
+    task data, used by validation here and by the task loader lm-eval calls (tasks/_dsparity_data.py)."""
+    with path.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise DsparityError(f"{data}:{lineno}", "", f"not valid JSON ({exc.msg})",
+                raise DsparityError(f"{path}:{lineno}", "", f"not valid JSON ({exc.msg})",
                                     "write one JSON object per line") from None
             if not isinstance(row, dict):
-                raise DsparityError(f"{data}:{lineno}", "", "not a JSON object",
+                raise DsparityError(f"{path}:{lineno}", "", "not a JSON object",
                                     "write one JSON object per line")
-            for key in needed:
-                if key not in row:
-                    raise DsparityError(f"{data}:{lineno}", key, "missing field",
-                                        f"the {grader} grader reads `{key}` from every item")
-            if grader == "writing":
-                _check_constraints(data, lineno, row["constraints"])
+            yield lineno, row
 
 
 def _check_constraints(data: Path, lineno: int, constraints: Any) -> None:
