@@ -11,12 +11,14 @@ Default shapes (`--config FILE.json` overrides any of them): 16 query heads shar
 the indexer costs 2*4*64 = 512 FLOPs against 2*16*(128+128) = 8192 for attention, 16x less
 (DeepSeek's model: 17x). Extra rows: GQA (16 q / 4 kv heads), MHA (16 / 16), k = 512.
 
-Dense side: the fastest dense path available. Prefill: SDPA with is_causal (flash kernel on CPU).
-Decode (one query): a plain matmul-softmax-matmul over the cache; SDPA's bf16 single-query CPU path
-is 4-5x slower and would flatter the ratio. Sparse side: the dispatcher's CPU kernels, fused
-indexer + top-k (`indexer_topk`, never the L x L matrix) then sparse attention over the gathered
-selected rows; "masked" is the same DSA attention computed as masked dense SDPA; "choice" is the
-path `dsparity.kernels.dispatch` picks, compared with the better of the two.
+Dense side: the fastest dense path available. Prefill: SDPA with is_causal (flash kernel on
+CPU). Decode (one query): a plain matmul-softmax-matmul over the cache; SDPA's bf16 single-query
+CPU path is 4-5x slower and would flatter the ratio. Sparse side: the dispatcher's CPU kernels,
+fused indexer + top-k (`indexer_topk`, never the L x L matrix) then sparse attention over the
+selected rows ("gathered"); "masked" is the same DSA attention computed as masked dense SDPA;
+"choice" is the path `dsparity.kernels.dispatch` picks, compared with the better of the two. The
+CPU kernels are the C ones of `dsparity/kernels/native.py` (built on first use);
+``DSPARITY_NATIVE=0`` times the blocked torch fallback instead.
 
 Times are medians over repeats, one thread by default (a shared 2-core box: see
 reference/stack.md); GFLOP/s count useful FLOPs only (causal pairs, selected pairs) and are set
@@ -217,9 +219,16 @@ def fmt_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def kernels() -> str:
+    from dsparity.kernels import native
+
+    return "C kernels (native.py)" if native.available() else \
+        f"torch fallback ({native.unavailable_reason()})"
+
+
 def machine() -> str:
     return (f"{machine_description()}, torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
-            f"load average {os.getloadavg()[0]:.1f}")
+            f"load average {os.getloadavg()[0]:.1f}; sparse side: {kernels()}")
 
 
 def cpu_main(args) -> dict:
@@ -274,7 +283,7 @@ def cpu_main(args) -> dict:
     lin = [(r["L"], r["sparse_peak_mib"]) for r in rows
            if r["layout"] == shape.name and r["kind"] == "prefill" and r["k"] == shape.topk]
     return dict(
-        mode="cpu", machine=machine(), dtype=args.dtype, threads=torch.get_num_threads(),
+        mode="cpu", machine=machine(), kernels=kernels(), dtype=args.dtype, threads=torch.get_num_threads(),
         shape=asdict(shape), matmul_gflops=mm,
         prefill_speedup=pf["speedup"] if pf else None, decode_speedup=dc["speedup"] if dc else None,
         max_choice_over_best=max(r["choice_over_best"] for r in rows),

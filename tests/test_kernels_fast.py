@@ -1,7 +1,9 @@
 """The CPU fast paths (`kernels/cpu.py`, masked dense) and the dispatcher against the reference.
 
-Integer-valued inputs make every score exact in fp32, so equal scores are exactly equal on both
-sides and index sets must match bit for bit, ties included. No timings here (bench/ has them).
+Every test runs twice: with the C kernels (`native.py`) and with the blocked torch fallback that
+runs where they cannot be built. Integer-valued inputs make every score exact in fp32, so equal
+scores are exactly equal on both sides and index sets must match bit for bit, ties included.
+No timings here (bench/ has them).
 """
 
 from __future__ import annotations
@@ -10,7 +12,17 @@ import pytest
 import torch
 
 from dsparity import kernels
-from dsparity.kernels import cpu, dispatch, reference
+from dsparity.kernels import cpu, dispatch, native, reference
+
+
+@pytest.fixture(autouse=True, params=["native", "torch"])
+def implementation(request, monkeypatch):
+    """Which CPU kernels `cpu.py` uses: the C ones, or its torch code (as without a compiler)."""
+    if request.param == "torch":
+        monkeypatch.setattr(native, "available", lambda: False)
+    else:
+        assert native.available(), native.unavailable_reason()
+    return request.param
 
 
 def _ints(*shape, lo=-3, hi=4, gen=None):
@@ -125,18 +137,22 @@ def test_sparse_attention_bf16_within_1e2(impl):
     assert err < 1e-2
 
 
-def test_dispatcher_rules(monkeypatch):
+def test_dispatcher_rules(monkeypatch, implementation):
     monkeypatch.setattr(dispatch.config, "mode", "auto")
     monkeypatch.setattr(dispatch.config, "crossover_prefill", None)
     monkeypatch.setattr(dispatch.config, "crossover_decode", None)
     q = torch.zeros(1, 4, 2, 8)
-    # Crossovers are multiples of k: prefill 4k (8192 at k = 2048), decode 1.5k (3072).
-    assert dispatch.choose("attention", q, s=8192, t=8192, k=2048) == "cpu"
-    assert dispatch.choose("attention", q, s=4096, t=4096, k=2048) == "dense"
-    assert dispatch.choose("attention", q, s=4096, t=4096, k=512) == "cpu"
-    assert dispatch.choose("attention", q, s=1, t=2048, k=2048) == "dense"
-    assert dispatch.choose("attention", q, s=1, t=3072, k=2048) == "cpu"
-    assert dispatch.choose("attention", q, s=1, t=1024, k=256) == "cpu"
+    if implementation == "torch":
+        # Crossovers are multiples of k: prefill 4k (8192 at k = 2048), decode 1.5k (3072).
+        assert dispatch.choose("attention", q, s=8192, t=8192, k=2048) == "cpu"
+        assert dispatch.choose("attention", q, s=4096, t=4096, k=2048) == "dense"
+        assert dispatch.choose("attention", q, s=4096, t=4096, k=512) == "cpu"
+        assert dispatch.choose("attention", q, s=1, t=2048, k=2048) == "dense"
+        assert dispatch.choose("attention", q, s=1, t=3072, k=2048) == "cpu"
+        assert dispatch.choose("attention", q, s=1, t=1024, k=256) == "cpu"
+    else:  # the C kernel's gathered attention wins at every length
+        for s, t in ((4096, 4096), (1, 2048), (1, 100), (100, 100)):
+            assert dispatch.choose("attention", q, s=s, t=t, k=2048) == "cpu"
     assert dispatch.choose("scores", q) == "cpu"
     assert dispatch.choose("topk", q) == "cpu"
     # Autograd needs the reference in every mode.

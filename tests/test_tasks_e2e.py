@@ -119,6 +119,13 @@ def test_builtin_tasks_are_found_from_an_installed_wheel(tmp_path):
     assert listed.returncode == 0, listed.stderr[-2000:]
     for suite in ("smoke", "reasoning", "coding", "writing", "longctx", "article", "hub"):
         assert f"suite {suite}:" in listed.stdout
+    # The CPU kernels' C source ships in the wheel and builds from there.
+    env["DSPARITY_CACHE"] = str(tmp_path / "dsparity-cache")
+    built = subprocess.run([str(py), "-c", "from dsparity.kernels import native; "
+                            "print(native.SOURCE); print(native.unavailable_reason())"],
+                           capture_output=True, text=True, timeout=120, cwd=run_dir, env=env)
+    assert built.stdout.split("\n")[:2] == [str(site / "dsparity/kernels/csrc/dsa_cpu.c"), "None"], \
+        built.stdout + built.stderr[-2000:]
     shown = subprocess.run([str(fresh / "bin" / "dsparity"), "tasks", "show", "coding_stdio"],
                            capture_output=True, text=True, timeout=120, cwd=run_dir, env=env)
     assert shown.returncode == 0 and "8 items" in shown.stdout, shown.stderr[-2000:]

@@ -1,6 +1,11 @@
-"""Blocked torch implementations of the DSA primitives for CPU (no autograd; same contract).
+"""CPU implementations of the DSA primitives (no autograd; same contract as `reference.py`).
 
-What makes them faster than `reference.py` on CPU:
+Two layers. The C kernels of `native.py` (built on first use) do what torch ops cannot do
+without extra memory traffic: the indexer's ReLU-weighted head sum, the exact top-k (radix select)
+and sparse attention reading each selected K/V row in place. Where they are unavailable (no C
+compiler, ``DSPARITY_NATIVE=0``, float64) the blocked torch code below runs instead.
+
+What makes the torch code faster than `reference.py`:
 
 - Indexer scores are computed per (query block x key block) tile that stays in cache: one
   matmul per tile, ReLU and the head-weighted sum in place, future tiles never computed.
@@ -27,6 +32,13 @@ BLOCK_K = 4096  # keys per indexer tile: [BLOCK_Q * H_I, BLOCK_K] fp32 logits = 
 ATTN_BYTES = 8 << 20  # gathered K/V per chunk of query rows: 4 rows at k = 2048, D = 128, fp32
 
 
+def _native():
+    """The C kernels when built and enabled, else None (then the torch code runs)."""
+    from dsparity.kernels import native
+
+    return native if native.available() else None
+
+
 def _scale(h: int, d: int, scale: float | None) -> float:
     return (h * d) ** -0.5 if scale is None else scale
 
@@ -50,7 +62,8 @@ def _scores_block(qf, kf, wf, scale, pos0: int, causal: bool, n_keys: int,
                   ws: _Workspace | None = None, block_k: int = BLOCK_K) -> torch.Tensor:
     """Scores of R consecutive queries (first at absolute position pos0) against keys [0, n_keys).
 
-    qf [R, H, d] fp32, kf [T, d] fp32, wf [R, H] fp32 -> [R, n_keys] fp32 with -inf where masked.
+    qf [R, H, d] fp32, kf [T, d] fp32, wf [R, H] fp32 contiguous -> [R, n_keys] fp32, -inf where
+    masked (a view of the workspace: copy it before the next call).
     Per key tile: one matmul [R*H, d] x [d, tile], ReLU in place, head-weighted sum as a batched
     [1, H] x [H, tile] product. Tiles wholly in the future are never computed.
     """
@@ -58,15 +71,20 @@ def _scores_block(qf, kf, wf, scale, pos0: int, causal: bool, n_keys: int,
     r, h, d = qf.shape
     out = ws.get("scores", r * n_keys).view(r, n_keys)
     q2 = qf.reshape(r * h, d)
-    w3 = wf.unsqueeze(1)  # [R, 1, H]
+    nat = _native()
     for lo in range(0, n_keys, block_k):
         hi = min(n_keys, lo + block_k)
         logits = ws.get("logits", r * h * (hi - lo)).view(r * h, hi - lo)
         torch.matmul(q2, kf[lo:hi].t(), out=logits)
+        if nat is not None:  # ReLU, head sum, scale and causal mask in one pass
+            nat.index_reduce(logits, wf, scale, out, lo, pos0, causal)
+            continue
         logits.relu_()
         tile = ws.get("tile", r * (hi - lo)).view(r, 1, hi - lo)
-        torch.bmm(w3, logits.view(r, h, hi - lo), out=tile)
+        torch.bmm(wf.unsqueeze(1), logits.view(r, h, hi - lo), out=tile)
         out[:, lo:hi] = tile.view(r, hi - lo)
+    if nat is not None:
+        return out
     # The reference scales after the head sum; doing the same keeps integer inputs bit-exact.
     out.mul_(scale)
     if causal and pos0 + 1 < n_keys:  # query pos0 + i sees keys <= pos0 + i
@@ -85,7 +103,7 @@ def indexer_scores(q, k, w, *, scale: float | None = None, causal: bool = True) 
     out = torch.empty(b, s, t, dtype=torch.float32, device=q.device)
     ws = _Workspace(q.device)
     for bi in range(b):
-        qf, kf, wf = q[bi].float(), k[bi].float().contiguous(), w[bi].float()
+        qf, kf, wf = q[bi].float(), k[bi].float().contiguous(), w[bi].float().contiguous()
         for lo in range(0, s, BLOCK_Q):
             hi = min(s, lo + BLOCK_Q)
             pos0 = t - s + lo
@@ -127,6 +145,9 @@ def topk_rows(scores: torch.Tensor, k: int, *, ordered: bool = True) -> torch.Te
     lower-index-first rule. ordered=False leaves the set in an unspecified order (attention does
     not care) and skips the per-row sort.
     """
+    nat = _native()
+    if nat is not None:
+        return nat.topk_rows(scores, k, ordered=ordered).long()
     r, n = scores.shape
     if n <= k:
         slots = _exact_rows(scores, n, ordered) if n else scores.new_empty(r, 0, dtype=torch.long)
@@ -153,9 +174,13 @@ def select_topk(scores: torch.Tensor, k: int) -> torch.Tensor:
     flat = scores.reshape(b * s, t)
     out = torch.empty(b * s, k, dtype=torch.int32, device=scores.device)
     rows = max(BLOCK_Q, (1 << 22) // max(t, 1))  # ~16 MiB of scores per chunk
+    nat = _native()
     for lo in range(0, b * s, rows):
         hi = min(b * s, lo + rows)
-        out[lo:hi] = topk_rows(flat[lo:hi].float(), k)
+        if nat is not None:
+            nat.topk_rows(flat[lo:hi], k, out=out[lo:hi])
+        else:
+            out[lo:hi] = topk_rows(flat[lo:hi].float(), k)
     return out.view(b, s, k)
 
 
@@ -173,8 +198,9 @@ def indexer_topk(q, k, w, topk: int, *, scale: float | None = None, causal: bool
     sc = _scale(h, d, scale)
     out = torch.full((b, s, topk), -1, dtype=torch.int32, device=q.device)
     ws = _Workspace(q.device)
+    nat = _native()
     for bi in range(b):
-        qf, kf, wf = q[bi].float(), k[bi].float().contiguous(), w[bi].float()
+        qf, kf, wf = q[bi].float(), k[bi].float().contiguous(), w[bi].float().contiguous()
         lo = 0
         if causal and not ordered:
             # Query i sees T - S + i + 1 keys: while that is <= topk, everything is selected.
@@ -190,19 +216,26 @@ def indexer_topk(q, k, w, topk: int, *, scale: float | None = None, causal: bool
             n_keys = max(0, min(t, pos0 + (hi - lo))) if causal else t
             if n_keys:
                 blk = _scores_block(qf[lo:hi], kf, wf[lo:hi], sc, pos0, causal, n_keys, ws)
-                out[bi, lo:hi] = topk_rows(blk, topk, ordered=ordered).to(torch.int32)
+                if nat is not None:
+                    nat.topk_rows(blk, topk, ordered=ordered, out=out[bi, lo:hi])
+                else:
+                    out[bi, lo:hi] = topk_rows(blk, topk, ordered=ordered).to(torch.int32)
             lo = hi
     return out
 
 
 def sparse_attention(q, k, v, indices, *, scale: float | None = None,
                      rows: int | None = None) -> torch.Tensor:
-    """Same contract as `reference.sparse_attention`: gather once per token, batched matmuls.
+    """Same contract as `reference.sparse_attention`: the C kernel, else gather once per token and
+    batched matmuls.
 
     K and V rows are gathered together (one contiguous [Hkv*(D+Dv)] row per selected token, all
     heads of the token's group served by it) into a buffer reused across chunks: fresh multi-MB
     buffers cost page faults that, on this CPU, take longer than the copy itself.
     """
+    nat = _native()
+    if nat is not None and torch.float64 not in (q.dtype, k.dtype, v.dtype):
+        return nat.sparse_attention(q, k, v, indices, scale=scale)
     b, s, hq, d = q.shape
     t, hkv, dv = k.shape[1], k.shape[2], v.shape[3]
     group = hq // hkv

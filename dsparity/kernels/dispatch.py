@@ -19,10 +19,12 @@ Rules of ``auto``:
    (prefill: more than one query row; decode: one row) -> masked dense SDPA instead.
 
 Masked dense costs O(S * T), gathered sparse O(S * k), so the crossover is a multiple of k (the
-number of index slots): measured with ``python bench/attention.py --crossover`` (fp32, one
-thread, 16 query heads on one KV head, D = 128, k = 2048) on the development CPU at T = 8192
-(prefill, 4k) and T = 3072 (decode, 1.5k). ``DSPARITY_CROSSOVER_PREFILL`` /
-``DSPARITY_CROSSOVER_DECODE`` (or `configure`) set absolute key counts instead.
+number of index slots), measured with ``python bench/attention.py --crossover`` (fp32, one
+thread, 16 query heads on one KV head, D = 128, k = 2048) on the development CPU. With the C
+kernels (`native.py`) gathered sparse attention wins at every length measured (decode from 512
+keys, prefill from 1024: masked dense is 1.7-12x slower), so the crossover is 0; with the torch
+fallback it was T = 8192 (prefill, 4k) and T = 3072 (decode, 1.5k). ``DSPARITY_CROSSOVER_PREFILL``
+/ ``DSPARITY_CROSSOVER_DECODE`` (or `configure`) set absolute key counts instead.
 """
 
 from __future__ import annotations
@@ -36,8 +38,10 @@ MODES = ("auto", "reference", "cpu", "dense", "triton")
 
 # Measured (bench/attention.py --crossover, see module docstring): below these multiples of k
 # keys, masked dense attention is at least as fast as gathering the selected rows.
-CROSSOVER_PREFILL_PER_K = 4.0  # 8192 keys at k = 2048
-CROSSOVER_DECODE_PER_K = 1.5  # 3072 keys at k = 2048
+CROSSOVER_PER_K = {  # (kernels, phase) -> multiple of k
+    ("native", "prefill"): 0.0, ("native", "decode"): 0.0,
+    ("torch", "prefill"): 4.0, ("torch", "decode"): 1.5,  # 8192 / 3072 keys at k = 2048
+}
 
 
 @dataclass
@@ -47,11 +51,14 @@ class DispatchConfig:
     crossover_decode: int | None = None
 
     def crossover(self, s: int, k: int) -> float:
-        if s == 1:
-            return self.crossover_decode if self.crossover_decode is not None else \
-                CROSSOVER_DECODE_PER_K * k
-        return self.crossover_prefill if self.crossover_prefill is not None else \
-            CROSSOVER_PREFILL_PER_K * k
+        """Keys below which masked dense attention beats gathering (S query rows, k slots)."""
+        fixed = self.crossover_decode if s == 1 else self.crossover_prefill
+        if fixed is not None:
+            return fixed
+        from dsparity.kernels import native
+
+        kernels = "native" if native.available() else "torch"
+        return CROSSOVER_PER_K[kernels, "decode" if s == 1 else "prefill"] * k
 
 
 def _env_int(name: str) -> int | None:

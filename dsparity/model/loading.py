@@ -33,6 +33,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from dsparity.cache import cache_root
 from dsparity.errors import DsparityError
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -55,12 +56,6 @@ EMBEDDED: dict[str, EmbeddedModel] = {
         size=98_362_432,
     ),
 }
-
-
-def cache_root() -> Path:
-    """Where fetched weights and derived artefacts (safetensors copies, indexers) live."""
-    env = os.environ.get("DSPARITY_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "dsparity"
 
 
 @dataclass(frozen=True)
