@@ -186,7 +186,8 @@ def run_case(shape: Shape, kind: str, length: int, dtype, reps: int, matmul: flo
     if with_masked:
         t_masked, m_masked, _ = measure(
             lambda: cpu_kernels.masked_dense_attention(x["q"], x["k"], x["v"], idx), reps)
-    choice = dispatch.choose("attention", x["q"], s=s, t=length, k=shape.topk, mode="auto")
+    choice = dispatch.choose("attention", x["q"], x["k"], x["v"], s=s, t=length, k=shape.topk,
+                             mode="auto")
     t_sparse = t_idx + t_gather
     t_choice = t_idx + (t_masked if choice == "dense" and t_masked is not None else t_gather)
     options = [t_sparse] + ([t_idx + t_masked] if t_masked is not None else [])
@@ -267,8 +268,9 @@ def cpu_main(args) -> dict:
                      mm, with_masked=length <= 16384, warmup=not (args.quick and length > 8192)))
     for ex in extra:
         add(run_case(ex, "decode", EXTRA_DECODE, dtype, max(reps, 3), mm))
+        # Masked measured too: it is what the dispatcher picks for MHA prefill.
         add(run_case(ex, "prefill", MHA_PREFILL if ex.name == "MHA" else EXTRA_PREFILL, dtype,
-                     1 if args.quick else max(1, reps - 1), mm, with_masked=False))
+                     1 if args.quick else max(1, reps - 1), mm))
     print()
     print(fmt_table(rows))
 
@@ -287,8 +289,7 @@ def cpu_main(args) -> dict:
         shape=asdict(shape), matmul_gflops=mm,
         prefill_speedup=pf["speedup"] if pf else None, decode_speedup=dc["speedup"] if dc else None,
         max_choice_over_best=max(r["choice_over_best"] for r in rows),
-        crossover=dict(prefill=dispatch.config.crossover(2, shape.topk),
-                       decode=dispatch.config.crossover(1, shape.topk)),
+        dispatch_work_ratio={f"{kern}/{phase}": r for (kern, phase), r in dispatch.WORK_RATIO.items()},
         sparse_prefill_peak_mib_by_L=lin, rows=rows)
 
 

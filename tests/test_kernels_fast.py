@@ -141,18 +141,18 @@ def test_dispatcher_rules(monkeypatch, implementation):
     monkeypatch.setattr(dispatch.config, "mode", "auto")
     monkeypatch.setattr(dispatch.config, "crossover_prefill", None)
     monkeypatch.setattr(dispatch.config, "crossover_decode", None)
-    q = torch.zeros(1, 4, 2, 8)
-    if implementation == "torch":
-        # Crossovers are multiples of k: prefill 4k (8192 at k = 2048), decode 1.5k (3072).
-        assert dispatch.choose("attention", q, s=8192, t=8192, k=2048) == "cpu"
-        assert dispatch.choose("attention", q, s=4096, t=4096, k=2048) == "dense"
-        assert dispatch.choose("attention", q, s=4096, t=4096, k=512) == "cpu"
-        assert dispatch.choose("attention", q, s=1, t=2048, k=2048) == "dense"
-        assert dispatch.choose("attention", q, s=1, t=3072, k=2048) == "cpu"
-        assert dispatch.choose("attention", q, s=1, t=1024, k=256) == "cpu"
-    else:  # the C kernel's gathered attention wins at every length
-        for s, t in ((4096, 4096), (1, 2048), (1, 100), (100, 100)):
-            assert dispatch.choose("attention", q, s=s, t=t, k=2048) == "cpu"
+    q, k = torch.zeros(1, 1, 16, 8), torch.zeros(1, 1, 1, 8)  # DSA's MQA: 16 query heads, 1 KV head
+    k_mha = torch.zeros(1, 1, 16, 8)
+
+    def pick(s, t, topk=2048, keys=k):
+        return dispatch.choose("attention", q, keys, s=s, t=t, k=topk)
+
+    if implementation == "torch":  # measured crossovers near 8192 (prefill) and 3072 (decode)
+        assert (pick(4096, 4096), pick(16384, 16384)) == ("dense", "cpu")
+        assert (pick(4096, 4096, topk=512), pick(1, 2048), pick(1, 4096)) == ("cpu", "dense", "cpu")
+    else:  # the C kernel: selected rows win for MQA at every length; not for MHA prefill
+        assert {pick(s, t) for s, t in ((4096, 4096), (1, 2048), (1, 100), (100, 100))} == {"cpu"}
+        assert (pick(8192, 8192, keys=k_mha), pick(1, 65536, keys=k_mha)) == ("dense", "cpu")
     assert dispatch.choose("scores", q) == "cpu"
     assert dispatch.choose("topk", q) == "cpu"
     # Autograd needs the reference in every mode.
@@ -166,9 +166,9 @@ def test_dispatcher_rules(monkeypatch, implementation):
     assert dispatch.choose("attention", q, s=9999, t=9999, mode="dense") == "dense"
     assert dispatch.choose("scores", q, mode="dense") == "cpu"
     assert dispatch.choose("attention", q, mode="reference") == "reference"
-    # Crossover overrides.
-    dispatch.configure(crossover_prefill=100)
-    assert dispatch.choose("attention", q, s=1000, t=1000, k=2048) == "cpu"
+    # Crossover overrides: absolute key counts.
+    dispatch.configure(crossover_prefill=100, crossover_decode=5000)
+    assert (pick(1000, 1000, keys=k_mha), pick(1, 4000), pick(1, 6000)) == ("cpu", "dense", "cpu")
     with pytest.raises(ValueError):
         dispatch.configure("fastest")
 

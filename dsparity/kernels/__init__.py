@@ -2,9 +2,10 @@
 
 The public functions are a thin dispatch layer: the default backend ``auto`` routes each call
 through `dispatch.py` (by device, dtype, length, autograd) to the torch reference
-(`reference.py`), the blocked CPU kernels (`cpu.py`), masked dense attention or the Triton kernels
-(`triton_kernels.py`); ``DSPARITY_KERNELS=reference|cpu|dense|triton`` or `set_default_backend`
-pins one, ``backend=`` picks per call, so callers never change. All backends share one contract:
+(`reference.py`), the CPU kernels (`cpu.py`: C through `native.py`, blocked torch without a
+compiler), masked dense attention or the Triton kernels (`triton_kernels.py`);
+``DSPARITY_KERNELS=reference|cpu|dense|triton`` or `set_default_backend` pins one, ``backend=``
+picks per call, so callers never change. All backends share one contract:
 
 - ``indexer_scores(q [B,S,H_I,d_I], k [B,T,d_I], w [B,S,H_I], *, scale=None, causal=True)``
   -> ``[B, S, T]`` float32, ``scale=None`` means ``(H_I * d_I) ** -0.5``, masked entries ``-inf``.

@@ -5,8 +5,9 @@ argument of the public functions):
 
 - ``auto`` (default): the rules below.
 - ``reference``: the torch reference everywhere.
-- ``cpu``: the blocked torch kernels (`cpu.py`) everywhere, sparse attention always gathered.
-- ``dense``: blocked indexer/top-k, sparse attention as masked dense SDPA (the index set becomes
+- ``cpu``: the CPU kernels (`cpu.py`: the C kernels of `native.py`, or blocked torch where they
+  cannot be built) everywhere, sparse attention always over the selected rows.
+- ``dense``: CPU indexer/top-k, sparse attention as masked dense SDPA (the index set becomes
   a [S, T] mask; same result, O(S*T) memory).
 - ``triton``: the Triton kernels (CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``).
 
@@ -15,16 +16,16 @@ Rules of ``auto``:
 1. Autograd needed (grad mode on and an input requires grad) -> reference: the fast paths write
    into reused buffers and have no backward. (Every mode falls back to the reference there.)
 2. CUDA tensors -> Triton when it imports and the dtype is fp32/bf16/fp16, else the reference.
-3. CPU tensors -> `cpu` kernels; sparse attention with T keys below the crossover of its kind
-   (prefill: more than one query row; decode: one row) -> masked dense SDPA instead.
+3. CPU tensors -> `cpu` kernels; sparse attention -> masked dense SDPA instead where the work
+   model below says it is cheaper for this call (prefill: more than one query row; decode: one).
 
-Masked dense costs O(S * T), gathered sparse O(S * k), so the crossover is a multiple of k (the
-number of index slots), measured with ``python bench/attention.py --crossover`` (fp32, one
-thread, 16 query heads on one KV head, D = 128, k = 2048) on the development CPU. With the C
-kernels (`native.py`) gathered sparse attention wins at every length measured (decode from 512
-keys, prefill from 1024: masked dense is 1.7-12x slower), so the crossover is 0; with the torch
-fallback it was T = 8192 (prefill, 4k) and T = 3072 (decode, 1.5k). ``DSPARITY_CROSSOVER_PREFILL``
-/ ``DSPARITY_CROSSOVER_DECODE`` (or `configure`) set absolute key counts instead.
+Masked dense costs O(S * T * Hq), attention over the selected rows O(S * k * Hkv * lanes): the
+choice follows a small work model with ratios measured by ``python bench/attention.py
+--crossover`` and the full bench (see WORK_RATIO below). With the C kernels (`native.py`) the
+selected rows win for DSA's MQA layout at every length (masked dense is 1.7-12x slower); for MHA
+layouts, which read every KV head's rows per query, masked dense wins in prefill.
+``DSPARITY_CROSSOVER_PREFILL`` / ``DSPARITY_CROSSOVER_DECODE`` (or `configure`) set absolute key
+counts instead (masked below them).
 """
 
 from __future__ import annotations
@@ -36,29 +37,52 @@ import torch
 
 MODES = ("auto", "reference", "cpu", "dense", "triton")
 
-# Measured (bench/attention.py --crossover, see module docstring): below these multiples of k
-# keys, masked dense attention is at least as fast as gathering the selected rows.
-CROSSOVER_PER_K = {  # (kernels, phase) -> multiple of k
-    ("native", "prefill"): 0.0, ("native", "decode"): 0.0,
-    ("torch", "prefill"): 4.0, ("torch", "decode"): 1.5,  # 8192 / 3072 keys at k = 2048
-}
+# Masked dense SDPA vs attention over the selected rows, by work per query row:
+#   masked:   T keys x Hq heads, all computed (the mask does not skip work);
+#   gathered: valid slots x Hkv x LANES * ceil(G / LANES) lanes (the C kernel serves up to 16
+#             query heads of a KV head per read of a row; fewer heads leave lanes idle).
+# Masked wins when RATIO * masked < gathered. RATIO = (cost per masked unit) / (cost per gathered
+# unit), from `python bench/attention.py --crossover` and the full run's masked column on the
+# development CPU (fp32, one thread, MQA 16/1, D = 128, k = 2048): native 0.55-0.90 in prefill
+# (2K-16K), 1.7-4.3 in decode; the torch fallback's measured crossovers (8192 keys prefill, 3072
+# decode at k = 2048) give 0.22 and 0.67. Ratios near the middle of the measured range: within it
+# either path is less than 1.2x from the better one.
+LANES = 16
+WORK_RATIO = {("native", "prefill"): 0.7, ("native", "decode"): 1.7,
+              ("torch", "prefill"): 0.22, ("torch", "decode"): 0.67}
+
+
+def valid_slots(s: int, t: int, k: int) -> float:
+    """Mean over S bottom-right causal rows of min(k, keys the row sees) (seen: t-s+1 .. t)."""
+    first = t - s + 1
+    if t <= k:
+        total = (first + t) * s / 2
+    elif first >= k:
+        total = k * s
+    else:
+        total = (first + k - 1) * (k - first) / 2 + k * (t - k + 1)
+    return total / max(s, 1)
 
 
 @dataclass
 class DispatchConfig:
     mode: str = "auto"
-    crossover_prefill: int | None = None  # absolute key counts; None: the multiple of k above
+    crossover_prefill: int | None = None  # absolute key counts; None: the work model above
     crossover_decode: int | None = None
 
-    def crossover(self, s: int, k: int) -> float:
-        """Keys below which masked dense attention beats gathering (S query rows, k slots)."""
+    def prefer_masked(self, s: int, t: int, k: int, hq: int, hkv: int) -> bool:
+        """Masked dense SDPA rather than the selected rows for this call's shapes?"""
         fixed = self.crossover_decode if s == 1 else self.crossover_prefill
         if fixed is not None:
-            return fixed
+            return t < fixed
         from dsparity.kernels import native
 
         kernels = "native" if native.available() else "torch"
-        return CROSSOVER_PER_K[kernels, "decode" if s == 1 else "prefill"] * k
+        ratio = WORK_RATIO[kernels, "decode" if s == 1 else "prefill"]
+        group = hq // max(hkv, 1)
+        # The torch fallback batches a group's heads in one matmul: no idle lanes there.
+        lanes = LANES * -(-group // LANES) if kernels == "native" else group
+        return ratio * t * hq < valid_slots(s, t, k) * hkv * lanes
 
 
 def _env_int(name: str) -> int | None:
@@ -133,7 +157,9 @@ def choose(op: str, *tensors: torch.Tensor, s: int = 0, t: int = 0, k: int = 204
     if first.device.type != "cpu":
         return "reference"
     if op == "attention":
-        return "dense" if t < config.crossover(s, k) else "cpu"
+        hq = first.shape[2] if first.dim() == 4 else 1
+        hkv = tensors[1].shape[2] if len(tensors) > 1 and tensors[1].dim() == 4 else hq
+        return "dense" if config.prefer_masked(s, t, k, hq, hkv) else "cpu"
     return "cpu"
 
 
