@@ -152,3 +152,28 @@ def test_attention_reads_half_precision_kv_in_place(dtype):
     torch.testing.assert_close(got.float(), want, rtol=1e-2, atol=1e-2)
     err = (got.float() - want).norm() / want.norm()
     assert err < 4e-3  # bf16 output rounding (2^-9 relative), nothing more
+
+
+def _topk_in_child(queue):
+    torch.set_num_threads(2)
+    queue.put(native.topk_rows(torch.arange(64 * 50.0).view(64, 50), 3).tolist())
+
+
+def test_a_forked_child_gets_its_own_threads():
+    import multiprocessing
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        parent = native.topk_rows(torch.arange(64 * 50.0).view(64, 50), 3).tolist()  # pool started
+    finally:
+        torch.set_num_threads(threads)
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_topk_in_child, args=(queue,))
+    child.start()
+    try:
+        assert queue.get(timeout=60) == parent  # the parent's pool threads do not exist there
+    finally:
+        child.join(10)
+        child.kill()

@@ -40,6 +40,14 @@ _reason: str | None = None  # why the library is unavailable, once known
 _pool: ThreadPoolExecutor | None = None
 
 
+def _forget_pool() -> None:
+    global _pool
+    _pool = None  # a forked child has none of the parent's threads: start a new pool on demand
+
+
+os.register_at_fork(after_in_child=_forget_pool)
+
+
 def _flags() -> list[str]:
     return FLAGS + (X86_FLAGS if platform.machine() in ("x86_64", "AMD64") else ["-mcpu=native"])
 
