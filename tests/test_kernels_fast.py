@@ -206,3 +206,14 @@ def test_autograd_still_flows_through_the_public_functions():
     scores = kernels.indexer_scores(q, keys, w)
     scores.masked_fill(scores.isinf(), 0).sum().backward()
     assert q.grad is not None and q.grad.abs().sum() > 0
+
+
+def test_float64_scores_are_ranked_in_float64():
+    # Differences below fp32 resolution: rounding to fp32 would turn them into ties.
+    scores = (1.0 + torch.arange(300, dtype=torch.float64) * 1e-12).flip(0).view(1, 1, 300)
+    scores = scores.expand(1, 3, 300).contiguous()
+    want = reference.select_topk(scores, 10)
+    assert want[0, 0].tolist() == list(range(10))
+    assert torch.equal(cpu.select_topk(scores, 10), want)
+    scores[0, 1] = scores[0, 1].flip(0)
+    assert torch.equal(cpu.select_topk(scores, 10), reference.select_topk(scores, 10))

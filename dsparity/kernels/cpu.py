@@ -32,10 +32,13 @@ BLOCK_K = 4096  # keys per indexer tile: [BLOCK_Q * H_I, BLOCK_K] fp32 logits = 
 ATTN_BYTES = 8 << 20  # gathered K/V per chunk of query rows: 4 rows at k = 2048, D = 128, fp32
 
 
-def _native():
-    """The C kernels when built and enabled, else None (then the torch code runs)."""
+def _native(*tensors: torch.Tensor):
+    """The C kernels when built and enabled, else None (then the torch code runs). They compute
+    in fp32: float64 inputs keep the torch code, whose results stay float64-exact."""
     from dsparity.kernels import native
 
+    if any(t.dtype == torch.float64 for t in tensors):
+        return None
     return native if native.available() else None
 
 
@@ -145,7 +148,7 @@ def topk_rows(scores: torch.Tensor, k: int, *, ordered: bool = True) -> torch.Te
     lower-index-first rule. ordered=False leaves the set in an unspecified order (attention does
     not care) and skips the per-row sort.
     """
-    nat = _native()
+    nat = _native(scores)
     if nat is not None:
         return nat.topk_rows(scores, k, ordered=ordered).long()
     r, n = scores.shape
@@ -174,13 +177,14 @@ def select_topk(scores: torch.Tensor, k: int) -> torch.Tensor:
     flat = scores.reshape(b * s, t)
     out = torch.empty(b * s, k, dtype=torch.int32, device=scores.device)
     rows = max(BLOCK_Q, (1 << 22) // max(t, 1))  # ~16 MiB of scores per chunk
-    nat = _native()
+    nat = _native(scores)
     for lo in range(0, b * s, rows):
         hi = min(b * s, lo + rows)
+        chunk = flat[lo:hi]
         if nat is not None:
-            nat.topk_rows(flat[lo:hi], k, out=out[lo:hi])
-        else:
-            out[lo:hi] = topk_rows(flat[lo:hi].float(), k)
+            nat.topk_rows(chunk, k, out=out[lo:hi])
+        else:  # bf16/fp16 upcast exactly; float64 stays float64
+            out[lo:hi] = topk_rows(chunk if chunk.dtype == torch.float64 else chunk.float(), k)
     return out.view(b, s, k)
 
 
@@ -233,8 +237,8 @@ def sparse_attention(q, k, v, indices, *, scale: float | None = None,
     heads of the token's group served by it) into a buffer reused across chunks: fresh multi-MB
     buffers cost page faults that, on this CPU, take longer than the copy itself.
     """
-    nat = _native()
-    if nat is not None and torch.float64 not in (q.dtype, k.dtype, v.dtype):
+    nat = _native(q, k, v)
+    if nat is not None:
         return nat.sparse_attention(q, k, v, indices, scale=scale)
     b, s, hq, d = q.shape
     t, hkv, dv = k.shape[1], k.shape[2], v.shape[3]

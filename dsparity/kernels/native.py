@@ -172,9 +172,13 @@ def index_reduce(logits: torch.Tensor, w: torch.Tensor, scale: float, out: torch
 
 def topk_rows(scores: torch.Tensor, k: int, *, ordered: bool = True,
               out: torch.Tensor | None = None) -> torch.Tensor:
-    """Reference top-k of each row of [R, N] fp32 (rows contiguous) -> [R, k] int32, -1 padded."""
+    """Reference top-k of each row of [R, N] scores -> [R, k] int32, -1 padded.
+
+    fp32, or bf16/fp16 (upcast exactly); float64 would be rounded, so it is refused."""
     lib = _lib_or_raise()
     r, n = scores.shape
+    if scores.dtype == torch.float64:
+        raise TypeError("native top-k computes in fp32; float64 scores need the torch path")
     if scores.stride(1) != 1 or scores.dtype != torch.float32:
         scores = scores.float().contiguous()
     if out is None:
