@@ -64,11 +64,13 @@ def _ref_topk(scores, k):
 def test_topk_equals_the_reference_with_ties_and_masks(n, k):
     g = torch.Generator().manual_seed(n + k)
     rows = [torch.randn(n, generator=g), torch.randint(0, 7, (n,), generator=g).float(),
-            torch.rand(n, generator=g) + 1.0, torch.zeros(n), torch.full((n,), float("-inf"))]
+            torch.rand(n, generator=g) + 1.0, torch.zeros(n), torch.zeros(n),
+            torch.full((n,), float("-inf"))]
     scores = torch.stack(rows)
     scores[1, ::3] = float("-inf")
     scores[2, : n // 2] = -scores[2, : n // 2]  # both signs, one exponent range
-    scores[3, n // 2:] = -0.0  # -0.0 and 0.0 are equal scores
+    scores[3, n // 2:] = -0.0  # -0.0 and 0.0 are equal scores: ties, lower index first
+    scores[4, : n // 2] = -0.0
     want = _ref_topk(scores, k)
     assert torch.equal(native.topk_rows(scores, k, ordered=True), want)
     loose = native.topk_rows(scores, k, ordered=False)

@@ -67,6 +67,7 @@ static inline uint32_t fkey(float x)
 {
     uint32_t u;
     memcpy(&u, &x, sizeof u);
+    u = u == 0x80000000u ? 0u : u; /* -0.0 == 0.0: one key, so they tie as in the reference */
     return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
@@ -87,10 +88,27 @@ static uint32_t select_digit(const uint32_t *keys, i64 n, int shift, uint32_t ma
     return 0; /* unreachable when m <= count */
 }
 
-static int cmp_desc_u64(const void *a, const void *b)
+/* Sort out[0..m) by score, highest first, keeping the current order among equal scores (a stable
+ * LSD radix sort over the 4 bytes of the inverted key; a byte all keys share is skipped). The
+ * caller's order is index-ascending within equal scores, so ties stay lower index first.
+ * buf: room for 4 * m uint32. */
+static void sort_by_score(const float *x, int32_t *out, i64 m, uint32_t *buf)
 {
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return x < y ? 1 : (x > y ? -1 : 0);
+    uint32_t *key = buf, *key2 = buf + m, *pos = buf + 2 * m, *pos2 = buf + 3 * m;
+    for (i64 i = 0; i < m; i++) key[i] = ~fkey(x[out[i]]), pos[i] = (uint32_t)out[i];
+    for (int shift = 0; shift < 32; shift += 8) {
+        i64 count[257] = {0};
+        for (i64 i = 0; i < m; i++) count[((key[i] >> shift) & 255) + 1]++;
+        if (count[((key[0] >> shift) & 255) + 1] == m) continue; /* one digit value: no-op pass */
+        for (int d = 0; d < 256; d++) count[d + 1] += count[d];
+        for (i64 i = 0; i < m; i++) {
+            const i64 at = count[(key[i] >> shift) & 255]++;
+            key2[at] = key[i], pos2[at] = pos[i];
+        }
+        uint32_t *t = key; key = key2, key2 = t;
+        t = pos, pos = pos2, pos2 = t;
+    }
+    for (i64 i = 0; i < m; i++) out[i] = (int32_t)pos[i];
 }
 
 static void topk_row(const float *x, i64 n, i64 k, int ordered, int32_t *out, uint32_t *cand)
@@ -125,14 +143,7 @@ static void topk_row(const float *x, i64 n, i64 k, int ordered, int32_t *out, ui
         for (i64 i = 0; i < c; i++) /* left: keys equal to thr still needed, lowest index first */
             if (ckey[i] > thr || (ckey[i] == thr && left-- > 0)) out[got++] = (int32_t)cidx[i];
     }
-    if (ordered && got > 1) {
-        /* (key, ~index) as one number: descending order = score desc, then index asc */
-        uint64_t *tmp = (uint64_t *)cand; /* room for 2 * max(n, k) uint32 */
-        for (i64 i = 0; i < got; i++)
-            tmp[i] = ((uint64_t)fkey(x[out[i]]) << 32) | (uint32_t)~(uint32_t)out[i];
-        qsort(tmp, (size_t)got, sizeof *tmp, cmp_desc_u64);
-        for (i64 i = 0; i < got; i++) out[i] = (int32_t)~(uint32_t)(tmp[i] & 0xFFFFFFFFu);
-    }
+    if (ordered && got > 1) sort_by_score(x, out, got, cand);
     for (i64 i = got; i < k; i++) out[i] = -1;
 }
 
@@ -140,7 +151,7 @@ static void topk_row(const float *x, i64 n, i64 k, int ordered, int32_t *out, ui
 int dsa_topk_rows(const float *scores, i64 n, i64 ld, i64 k, int ordered, int32_t *out,
                   i64 r0, i64 r1)
 {
-    i64 room = 2 * (n > k ? n : k) + 2;
+    i64 room = 4 * (n > k ? n : k) + 4; /* candidates (2n) or the sort's buffers (4 * k) */
     uint32_t *cand = (uint32_t *)malloc((size_t)room * sizeof *cand);
     if (!cand) return -1;
     for (i64 r = r0; r < r1; r++) topk_row(scores + r * ld, n, k, ordered, out + r * k, cand);
