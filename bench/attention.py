@@ -49,7 +49,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dsparity.kernels import cpu as cpu_kernels  # noqa: E402
-from dsparity.kernels import dispatch  # noqa: E402
+from dsparity.kernels import dispatch, native  # noqa: E402
 from dsparity.kernels.cost import machine_description  # noqa: E402
 
 
@@ -220,16 +220,9 @@ def fmt_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def kernels() -> str:
-    from dsparity.kernels import native
-
-    return "C kernels (native.py)" if native.available() else \
-        f"torch fallback ({native.unavailable_reason()})"
-
-
 def machine() -> str:
     return (f"{machine_description()}, torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
-            f"load average {os.getloadavg()[0]:.1f}; sparse side: {kernels()}")
+            f"load average {os.getloadavg()[0]:.1f}; sparse side: {native.describe()}")
 
 
 def cpu_main(args) -> dict:
@@ -285,8 +278,8 @@ def cpu_main(args) -> dict:
     lin = [(r["L"], r["sparse_peak_mib"]) for r in rows
            if r["layout"] == shape.name and r["kind"] == "prefill" and r["k"] == shape.topk]
     return dict(
-        mode="cpu", machine=machine(), kernels=kernels(), dtype=args.dtype, threads=torch.get_num_threads(),
-        shape=asdict(shape), matmul_gflops=mm,
+        mode="cpu", machine=machine(), kernels=native.describe(), dtype=args.dtype,
+        threads=torch.get_num_threads(), shape=asdict(shape), matmul_gflops=mm,
         prefill_speedup=pf["speedup"] if pf else None, decode_speedup=dc["speedup"] if dc else None,
         max_choice_over_best=max(r["choice_over_best"] for r in rows),
         dispatch_work_ratio={f"{kern}/{phase}": r for (kern, phase), r in dispatch.WORK_RATIO.items()},

@@ -90,7 +90,7 @@ def measure(model, *, name: str, length: int = 8192, chunk: int = 512, topk: int
     """Measure dense `model` against `dsa_model` (default: a copy of `model` converted with
     untrained indexers). Input: random token ids (cost ignores content). The two variants advance
     in lockstep, chunk by chunk, so a change in machine load hits both alike."""
-    from dsparity.kernels import dispatch
+    from dsparity.kernels import dispatch, native
     from dsparity.model import DSAConfig, convert_to_dsa, set_dsa
 
     if dsa_model is None:
@@ -101,7 +101,8 @@ def measure(model, *, name: str, length: int = 8192, chunk: int = 512, topk: int
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, vocab, (1, length), generator=g)
     curve = CostCurve(model=name, machine=machine_description(), threads=torch.get_num_threads(), topk=topk,
-                      chunk=chunk, price_per_hour=price_per_hour, kernels=dispatch.config.mode)
+                      chunk=chunk, price_per_hour=price_per_hour,
+                      kernels=f"{dispatch.config.mode}; CPU: {native.describe()}")
     if progress:
         progress(f"dense and DSA (k={topk}): {length} tokens in chunks of {chunk}, in lockstep")
     walks = [_walk(m, ids, chunk, decode_every, decode_steps) for m in (model, dsa_model)]

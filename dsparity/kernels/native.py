@@ -131,6 +131,11 @@ def unavailable_reason() -> str | None:
     return _reason
 
 
+def describe() -> str:
+    """One line for benchmark and report headers: which CPU kernels run."""
+    return "C kernels (native.py)" if available() else f"torch fallback ({unavailable_reason()})"
+
+
 def _lib_or_raise() -> ctypes.CDLL:
     lib = load()
     if lib is None:
