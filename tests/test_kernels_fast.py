@@ -153,6 +153,10 @@ def test_dispatcher_rules(monkeypatch, implementation):
     else:  # the C kernel: selected rows win for MQA at every length; not for MHA prefill
         assert {pick(s, t) for s, t in ((4096, 4096), (1, 2048), (1, 100), (100, 100))} == {"cpu"}
         assert (pick(8192, 8192, keys=k_mha), pick(1, 65536, keys=k_mha)) == ("dense", "cpu")
+        # bf16: masked SDPA runs on bf16 matrix units, the C kernel in fp32: crossover ~6K keys.
+        qh, kh = q.bfloat16(), k.bfloat16()
+        assert [dispatch.choose("attention", qh, kh, s=t, t=t, k=2048) for t in (4096, 16384)] == \
+            ["dense", "cpu"]
     assert dispatch.choose("scores", q) == "cpu"
     assert dispatch.choose("topk", q) == "cpu"
     # Autograd needs the reference in every mode.

@@ -42,13 +42,16 @@ MODES = ("auto", "reference", "cpu", "dense", "triton")
 #   gathered: valid slots x Hkv x LANES * ceil(G / LANES) lanes (the C kernel serves up to 16
 #             query heads of a KV head per read of a row; fewer heads leave lanes idle).
 # Masked wins when RATIO * masked < gathered. RATIO = (cost per masked unit) / (cost per gathered
-# unit), from `python bench/attention.py --crossover` and the full run's masked column on the
-# development CPU (fp32, one thread, MQA 16/1, D = 128, k = 2048): native 0.55-0.90 in prefill
-# (2K-16K), 1.7-4.3 in decode; the torch fallback's measured crossovers (8192 keys prefill, 3072
-# decode at k = 2048) give 0.22 and 0.67. Ratios near the middle of the measured range: within it
-# either path is less than 1.2x from the better one.
+# unit), from `python bench/attention.py --crossover [--dtype bf16]` and the full run's masked
+# column on the development CPU (one thread, MQA 16/1, D = 128, k = 2048). fp32, C kernels:
+# 0.55-0.90 in prefill (2K-16K), 1.7-4.3 in decode. bf16/fp16 (SDPA runs on the bf16 matrix
+# units, the C kernel still computes in fp32): prefill crossover at ~6K keys -> 0.28, decode
+# 1.3-1.65. Torch fallback (fp32): measured crossovers of 8192 (prefill) and 3072 (decode) keys
+# -> 0.22 and 0.67. Ratios sit inside the measured ranges: there either path is within 1.2x of
+# the better one.
 LANES = 16
 WORK_RATIO = {("native", "prefill"): 0.7, ("native", "decode"): 1.7,
+              ("native-half", "prefill"): 0.28, ("native-half", "decode"): 1.3,
               ("torch", "prefill"): 0.22, ("torch", "decode"): 0.67}
 
 
@@ -70,15 +73,17 @@ class DispatchConfig:
     crossover_prefill: int | None = None  # absolute key counts; None: the work model above
     crossover_decode: int | None = None
 
-    def prefer_masked(self, s: int, t: int, k: int, hq: int, hkv: int) -> bool:
-        """Masked dense SDPA rather than the selected rows for this call's shapes?"""
+    def prefer_masked(self, s: int, t: int, k: int, hq: int, hkv: int, half: bool = False) -> bool:
+        """Masked dense SDPA rather than the selected rows for this call's shapes (half: bf16 or
+        fp16 inputs)?"""
         fixed = self.crossover_decode if s == 1 else self.crossover_prefill
         if fixed is not None:
             return t < fixed
         from dsparity.kernels import native
 
         kernels = "native" if native.available() else "torch"
-        ratio = WORK_RATIO[kernels, "decode" if s == 1 else "prefill"]
+        ratio = WORK_RATIO[kernels + ("-half" if half and kernels == "native" else ""),
+                           "decode" if s == 1 else "prefill"]
         group = hq // max(hkv, 1)
         # The torch fallback batches a group's heads in one matmul: no idle lanes there.
         lanes = LANES * -(-group // LANES) if kernels == "native" else group
@@ -159,7 +164,8 @@ def choose(op: str, *tensors: torch.Tensor, s: int = 0, t: int = 0, k: int = 204
     if op == "attention":
         hq = first.shape[2] if first.dim() == 4 else 1
         hkv = tensors[1].shape[2] if len(tensors) > 1 and tensors[1].dim() == 4 else hq
-        return "dense" if config.prefer_masked(s, t, k, hq, hkv) else "cpu"
+        half = first.dtype in (torch.bfloat16, torch.float16)
+        return "dense" if config.prefer_masked(s, t, k, hq, hkv, half) else "cpu"
     return "cpu"
 
 
