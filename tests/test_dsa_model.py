@@ -170,6 +170,51 @@ def test_chunked_prefill_matches_one_shot():
     torch.testing.assert_close(torch.cat([a, b], 1), full, atol=1e-5, rtol=0)
 
 
+def test_plain_causal_input_selects_without_the_score_matrix(monkeypatch):
+    """Causal input without padding takes the fused indexer + top-k (no [B, S, T] scores) and
+    selects exactly what scoring, masking and selecting separately does; padding does not."""
+    from transformers import DynamicCache
+
+    from dsparity import kernels
+    from dsparity.model import attention
+
+    model = _converted("llama", index_topk=5, dense_when_short=False)
+    ids = torch.randint(0, 256, (1, 30), generator=torch.Generator().manual_seed(7))
+
+    def run(mask=None):
+        model.dsa_runtime.recorded = {}
+        cache = DynamicCache(config=model.config)
+        with torch.no_grad():
+            logits = [model(ids[:, :12], cache=cache, use_cache=True).logits]
+            for i in range(12, 30):  # decode steps: S = 1 against the cache
+                logits.append(model(ids[:, i:i + 1], cache=cache, use_cache=True).logits)
+        picked = model.dsa_runtime.recorded
+        return torch.cat(logits, 1), {k: [x.clone() for x in v] for k, v in picked.items()}
+
+    def no_score_matrix(*args, **kwargs):
+        raise AssertionError("the fused path should not build the score matrix")
+
+    with monkeypatch.context() as m:
+        m.setattr(kernels, "indexer_scores", no_score_matrix)
+        fused_logits, fused = run()
+    with monkeypatch.context() as m:
+        m.setattr(attention, "_fused_dsa_selection", lambda *a, **k: None)
+        explicit_logits, explicit = run()
+    assert fused.keys() == explicit.keys()
+    for layer in fused:
+        for a, b in zip(fused[layer], explicit[layer], strict=True):
+            assert torch.equal(a, b)
+    assert torch.equal(fused_logits, explicit_logits)
+    # A padded batch is not plain causal: the explicit path runs (and must, for the padding).
+    pad = torch.ones(2, 30, dtype=torch.long)
+    pad[1, :4] = 0
+    calls = []
+    monkeypatch.setattr(kernels, "indexer_topk", lambda *a, **k: calls.append(1))
+    with torch.no_grad():
+        model(ids.expand(2, 30), attention_mask=pad)
+    assert not calls
+
+
 # ---------------------------------------------------------------- DeepseekV32 through `indices`
 
 

@@ -17,6 +17,7 @@ Two callers:
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -146,6 +147,36 @@ def _indexer_scores(layer: DSALayer, t: int, valid: torch.Tensor | None,
     return scores
 
 
+_causal_memo: tuple = (None, None, False)  # (weakref to a model mask, (s, t), plain causal?)
+
+
+def _plain_causal(mask: torch.Tensor | None, valid: torch.Tensor | None, s: int, t: int) -> bool:
+    """Is the model's mask exactly bottom-right causal (no padding, window or static slots)?
+
+    An O(S * T) comparison, done once per forward: every layer receives the same mask object."""
+    global _causal_memo
+    if valid is None:
+        return True
+    ref, shape, answer = _causal_memo
+    if ref is not None and ref() is mask and shape == (s, t):
+        return answer
+    b = valid.shape[0]
+    answer = torch.equal(valid, kernels.reference.causal_valid(s, t, valid.device).expand(b, s, t))
+    _causal_memo = (weakref.ref(mask), (s, t), answer)
+    return answer
+
+
+def _fused_dsa_selection(layer: DSALayer, t: int, plain_causal: bool, topk: int) -> torch.Tensor | None:
+    """Indexer + top-k without the [B, S, T] score matrix (memory O(block * T)) when the mask is
+    plain causal; None otherwise (padding, windows, static caches): the caller then scores and
+    masks explicitly. Same indices either way."""
+    p = layer.pending
+    if not plain_causal or p.keys.shape[1] != t:
+        return None
+    q_i, w_i = layer.indexer.queries(p.x, p.positions)
+    return kernels.indexer_topk(q_i, p.keys, w_i, topk)
+
+
 def _selection_scores(layer: DSALayer, q: torch.Tensor, k: torch.Tensor, t: int,
                       valid: torch.Tensor | None, scale: float, train: bool = False) -> torch.Tensor:
     """[B, S, T] scores of the runtime's mode: the indexer's (dsa) or a control's (modes.py)."""
@@ -231,8 +262,12 @@ def dsa_attention(
         short = t <= runtime.topk and runtime.config.dense_when_short and not training
         if not runtime.enabled or short:
             return dense_attention(q, k, v, valid, scale), None
-        scores = _selection_scores(layer, q, k, t, valid, scale, train=training)
-        idx = kernels.select_topk(scores.detach(), runtime.topk)  # selection has no gradient
+        idx = None
+        if runtime.mode == "dsa" and not training:
+            idx = _fused_dsa_selection(layer, t, _plain_causal(attention_mask, valid, s, t), runtime.topk)
+        if idx is None:
+            scores = _selection_scores(layer, q, k, t, valid, scale, train=training)
+            idx = kernels.select_topk(scores.detach(), runtime.topk)  # selection has no gradient
         if runtime.recorded is not None:
             runtime.recorded.setdefault(layer.layer_idx, []).append(idx)
         if training:
