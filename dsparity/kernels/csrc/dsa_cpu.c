@@ -66,8 +66,8 @@ void dsa_index_reduce(const float *logits, i64 R, i64 H, i64 n, i64 ld_l, const 
 static inline uint32_t fkey(float x)
 {
     uint32_t u;
+    x += 0.0f; /* -0.0 + 0.0 = +0.0: one key for both zeros, so they tie as in the reference */
     memcpy(&u, &x, sizeof u);
-    u = u == 0x80000000u ? 0u : u; /* -0.0 == 0.0: one key, so they tie as in the reference */
     return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
@@ -113,9 +113,16 @@ static void sort_by_score(const float *x, int32_t *out, i64 m, uint32_t *buf)
 
 static void topk_row(const float *x, i64 n, i64 k, int ordered, int32_t *out, uint32_t *cand)
 {
+    /* Four interleaved histograms: scores crowd into few buckets, and back-to-back increments of
+     * one counter would wait on each other. */
+    uint32_t part[4][2048];
     i64 hist[2048];
-    memset(hist, 0, sizeof hist);
-    for (i64 j = 0; j < n; j++) hist[fkey(x[j]) >> 21]++;
+    memset(part, 0, sizeof part);
+    i64 j = 0;
+    for (; j + 4 <= n; j += 4)
+        for (int p = 0; p < 4; p++) part[p][fkey(x[j + p]) >> 21]++;
+    for (; j < n; j++) part[0][fkey(x[j]) >> 21]++;
+    for (int b = 0; b < 2048; b++) hist[b] = (i64)part[0][b] + part[1][b] + part[2][b] + part[3][b];
     i64 finite = n;
     for (int b = 0; b < (int)(KEY_FINITE_MIN >> 21); b++) finite -= hist[b];
     const i64 m = k < finite ? k : finite;
