@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from tiny_models import tiny_model
+from tiny_models import assert_decode_selects_like_full_forward, tiny_model
 
 from dsparity.model import (
     DSAConfig,
@@ -136,20 +136,8 @@ def test_indexer_scores_depend_on_relative_position_only():
 def test_greedy_decode_selects_like_full_forward(arch):
     model = _converted(arch, seed=4, index_topk=6)
     prompt = torch.randint(0, 256, (1, 20), generator=torch.Generator().manual_seed(5))
-    model.dsa_runtime.recorded = {}
-    out = model.generate(prompt, max_new_tokens=14, min_new_tokens=14, do_sample=False)
-    decoded = model.dsa_runtime.recorded
-    assert decoded[0][1].shape == (1, 1, 6)  # decode steps ran the sparse path on the cache
-    seq = prompt
-    for step in range(14):
-        model.dsa_runtime.recorded = {}
-        with torch.no_grad():
-            logits = model(seq, use_cache=False).logits
-        for layer, steps in decoded.items():
-            full = model.dsa_runtime.recorded[layer][0][:, -1]
-            assert torch.equal(full, steps[step][:, -1]), (layer, step)
-        seq = torch.cat([seq, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
-    assert torch.equal(seq, out)
+    assert_decode_selects_like_full_forward(model, prompt, steps=14)
+    assert model.dsa_runtime.recorded[0][0].shape[-1] == 6
 
 
 def test_chunked_prefill_matches_one_shot():

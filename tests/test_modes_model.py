@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from tiny_models import tiny_model
+from tiny_models import assert_decode_selects_like_full_forward, tiny_model
 
 from dsparity.model import DSAConfig, convert_to_dsa, modes
 from dsparity.model.modes import apply_mode, selection_recall
@@ -60,19 +60,7 @@ def test_small_k_is_sparse_and_window_picks_sinks_plus_recent(mode):
 def test_decode_selects_like_full_forward(mode):
     model = apply_mode(_converted(seed=4, index_topk=6), mode, sink=2, block_size=4)
     prompt = torch.randint(0, 256, (1, 18), generator=torch.Generator().manual_seed(5))
-    model.dsa_runtime.recorded = {}
-    out = model.generate(prompt, max_new_tokens=8, min_new_tokens=8, do_sample=False)
-    decoded = model.dsa_runtime.recorded
-    seq = prompt
-    for step in range(8):
-        model.dsa_runtime.recorded = {}
-        with torch.no_grad():
-            logits = model(seq, use_cache=False).logits
-        for layer, steps in decoded.items():
-            full = model.dsa_runtime.recorded[layer][0][:, -1]
-            assert torch.equal(full, steps[step][:, -1]), (mode, layer, step)
-        seq = torch.cat([seq, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
-    assert torch.equal(seq, out)
+    assert_decode_selects_like_full_forward(model, prompt, steps=8)
 
 
 def test_oracle_has_the_best_recall_on_every_layer_and_modes_switch_back():

@@ -61,3 +61,24 @@ def save_tiny(folder: Path, arch: str = "llama", seed: int = 0) -> Path:
     model.save_pretrained(folder)
     byte_tokenizer().save_pretrained(folder)
     return folder
+
+
+def assert_decode_selects_like_full_forward(model, prompt, steps: int) -> None:
+    """Greedy decoding with a KV cache picks, at every step and layer, the same index set for the
+    new token as a full forward over the sequence so far, and so the same tokens."""
+    import torch
+
+    model.dsa_runtime.recorded = {}
+    out = model.generate(prompt, max_new_tokens=steps, min_new_tokens=steps, do_sample=False)
+    decoded = model.dsa_runtime.recorded
+    assert decoded[0][1].shape[:2] == (1, 1)  # decode steps ran the sparse path on the cache
+    seq = prompt
+    for step in range(steps):
+        model.dsa_runtime.recorded = {}
+        with torch.no_grad():
+            logits = model(seq, use_cache=False).logits
+        for layer, picked in decoded.items():
+            full = model.dsa_runtime.recorded[layer][0][:, -1]
+            assert torch.equal(full, picked[step][:, -1]), (layer, step)
+        seq = torch.cat([seq, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(seq, out)
