@@ -77,6 +77,14 @@ def test_topk_equals_the_reference_with_ties_and_masks(n, k):
     assert torch.equal(loose.long().sort(-1).values, want.long().sort(-1).values)
 
 
+def test_shapes_the_c_code_cannot_take_are_refused():
+    with pytest.raises(ValueError, match="row-contiguous"):
+        native.topk_rows(torch.zeros(4, 10), 3, out=torch.empty(3, 4, dtype=torch.int32).t())
+    with pytest.raises(ValueError, match="split evenly"):
+        native.sparse_attention(torch.zeros(1, 2, 6, 8), torch.zeros(1, 5, 4, 8), torch.zeros(1, 5, 4, 8),
+                                torch.zeros(1, 2, 3, dtype=torch.int32))
+
+
 def test_topk_threads_and_strided_rows_give_the_same_result():
     g = torch.Generator().manual_seed(3)
     big = torch.randint(0, 50, (64, 3000), generator=g).float()

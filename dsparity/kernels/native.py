@@ -188,6 +188,9 @@ def topk_rows(scores: torch.Tensor, k: int, *, ordered: bool = True,
         scores = scores.float().contiguous()
     if out is None:
         out = torch.empty(r, k, dtype=torch.int32)
+    if out.shape != (r, k) or out.dtype != torch.int32 or (r > 1 and out.stride(0) != k) or \
+            out.stride(1) != 1:
+        raise ValueError(f"top-k output must be a row-contiguous int32 [{r}, {k}] tensor")
     ptr, ld, optr = scores.data_ptr(), scores.stride(0), out.data_ptr()
     _split(r, lambda a, b: _check(lib.dsa_topk_rows(ptr, n, ld, k, int(ordered), optr, a, b), "top-k"))
     return out
@@ -210,6 +213,8 @@ def sparse_attention(q, k, v, indices, *, scale: float | None = None) -> torch.T
     lib = _lib_or_raise()
     b, s, hq, d = q.shape
     t, hkv, dv = k.shape[1], k.shape[2], v.shape[3]
+    if hq % hkv:
+        raise ValueError(f"{hq} query heads do not split evenly over {hkv} KV heads")
     kw = indices.shape[-1]
     sc = d**-0.5 if scale is None else scale
     kv_dtype = k.dtype if k.dtype in DTYPE_CODES and v.dtype == k.dtype else torch.float32
