@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from dsparity import kernels
+from dsparity.errors import DsparityError
 from dsparity.kernels import cpu, dispatch, native, reference
 
 
@@ -183,7 +184,14 @@ def test_dispatcher_env(monkeypatch):
     cfg = dispatch._from_env()
     assert (cfg.mode, cfg.crossover_decode) == ("dense", 77)
     monkeypatch.setenv("DSPARITY_KERNELS", "bogus")
-    with pytest.raises(ValueError):
+    with pytest.raises(DsparityError, match="DSPARITY_KERNELS: 'bogus' is not a kernel mode"):
+        dispatch._from_env()
+    monkeypatch.setattr(dispatch, "_env_error", DsparityError("environment", "X", "bad"))
+    with pytest.raises(DsparityError, match="X: bad"):  # an import-time error surfaces on first use
+        dispatch.choose("scores", torch.zeros(1, 1, 1, 1))
+    monkeypatch.setenv("DSPARITY_KERNELS", "cpu")
+    monkeypatch.setenv("DSPARITY_CROSSOVER_DECODE", "3k")
+    with pytest.raises(DsparityError, match="DSPARITY_CROSSOVER_DECODE: '3k' is not a key count"):
         dispatch._from_env()
 
 

@@ -19,7 +19,10 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     from typer.exceptions import TyperException
 
+    from dsparity.kernels import dispatch
+
     try:
+        dispatch.check_env()  # settings read at import: reported here as one line
         code = app(standalone_mode=False)
     except DsparityError as exc:
         _fail(exc.line())

@@ -127,7 +127,8 @@ def indexer_topk(
 
 
 _register_fast_backends()
-set_default_backend(os.environ.get("DSPARITY_KERNELS", "auto").strip().lower() or "auto")
+_env_backend = os.environ.get("DSPARITY_KERNELS", "auto").strip().lower() or "auto"
+set_default_backend(_env_backend if _env_backend in _BACKENDS else "auto")  # dispatch reports a bad one
 
 __all__ = ["Backend", "available_backends", "indexer_scores", "indexer_topk", "register_backend",
            "select_topk", "set_default_backend", "sparse_attention"]

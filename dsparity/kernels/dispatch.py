@@ -35,6 +35,8 @@ from dataclasses import dataclass
 
 import torch
 
+from dsparity.errors import DsparityError
+
 MODES = ("auto", "reference", "cpu", "dense", "triton")
 
 # Masked dense SDPA vs attention over the selected rows, by work per query row:
@@ -92,18 +94,26 @@ class DispatchConfig:
 
 def _env_int(name: str) -> int | None:
     value = os.environ.get(name, "").strip()
+    if value and not value.isdigit():
+        raise DsparityError("environment", name, f"{value!r} is not a key count",
+                            f"set a whole number of keys, or unset {name}")
     return int(value) if value else None
 
 
 def _from_env() -> DispatchConfig:
     mode = os.environ.get("DSPARITY_KERNELS", "auto").strip().lower() or "auto"
     if mode not in MODES:
-        raise ValueError(f"DSPARITY_KERNELS={mode!r}: expected one of {', '.join(MODES)}")
+        raise DsparityError("environment", "DSPARITY_KERNELS", f"{mode!r} is not a kernel mode",
+                            f"use one of {', '.join(MODES)}, or unset it")
     return DispatchConfig(mode=mode, crossover_prefill=_env_int("DSPARITY_CROSSOVER_PREFILL"),
                           crossover_decode=_env_int("DSPARITY_CROSSOVER_DECODE"))
 
 
-config = _from_env()
+try:
+    config = _from_env()
+    _env_error: DsparityError | None = None
+except DsparityError as exc:  # raised at first use, inside a command that prints it as one line
+    config, _env_error = DispatchConfig(), exc
 
 
 def configure(mode: str | None = None, *, crossover_prefill: int | None = None,
@@ -137,12 +147,19 @@ def triton_usable(device: torch.device) -> bool:
 _FAST_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
+def check_env() -> None:
+    """Raise the DsparityError of a bad DSPARITY_KERNELS / DSPARITY_CROSSOVER_* value, if any."""
+    if _env_error is not None:
+        raise _env_error
+
+
 def choose(op: str, *tensors: torch.Tensor, s: int = 0, t: int = 0, k: int = 2048,
            mode: str | None = None) -> str:
     """Implementation name for `op` ("scores", "topk", "attention", "indexer_topk").
 
     Returns one of "reference", "cpu", "dense" (masked dense attention), "triton".
     """
+    check_env()
     mode = mode or config.mode
     if needs_grad(*tensors):
         return "reference"

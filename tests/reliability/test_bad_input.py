@@ -106,3 +106,20 @@ def test_every_bad_input_gets_one_line_and_the_store_is_untouched(tmp_path, monk
             failures.append((args, exit_.value.code, err))
     assert not failures, "\n".join(f"{a} -> {c}: {e}" for a, c, e in failures)
     assert _dump(db) == before
+
+
+@pytest.mark.parametrize("name,value,words", [
+    ("DSPARITY_KERNELS", "fastest", "DSPARITY_KERNELS: 'fastest' is not a kernel mode"),
+    ("DSPARITY_CROSSOVER_DECODE", "3k", "DSPARITY_CROSSOVER_DECODE: '3k' is not a key count"),
+])
+def test_bad_kernel_settings_in_the_environment_get_one_line(name, value, words):
+    """Read when the kernels are imported, before any command runs: still one line, exit 2."""
+    import os
+    import subprocess
+
+    env = {**os.environ, name: value}
+    done = subprocess.run([str(Path(sys.executable).parent / "dsparity"), "tasks", "list"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
+    assert done.returncode == 2 and len(lines) == 1 and words in lines[0] and "fix:" in lines[0], \
+        done.stderr
