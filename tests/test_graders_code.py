@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from dsparity.evals import sandbox
-from dsparity.evals.graders import GradeInput, get_grader
+from dsparity.evals.graders import GradeInput, get_grader, sandbox
 from dsparity.evals.graders.code import extract_code, outputs_match, pass_at_k, pass_at_k_table
 
 FIXTURES = Path(__file__).parent / "fixtures" / "graders"

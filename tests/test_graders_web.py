@@ -7,8 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from dsparity.evals.browser import chromium_path, render, resolve_library, web_libs_dir, web_libs_status
 from dsparity.evals.graders import GradeInput, get_grader
+from dsparity.evals.graders.browser import (
+    chromium_path,
+    render,
+    resolve_library,
+    web_libs_dir,
+    web_libs_status,
+)
 from dsparity.evals.graders.web import decide_item, extract_page, infer_checks
 
 WEB = Path(__file__).parent / "fixtures" / "graders" / "web"

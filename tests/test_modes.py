@@ -9,7 +9,7 @@ import torch
 
 from dsparity import kernels
 from dsparity.kernels.reference import causal_valid
-from dsparity.model import modes
+from dsparity.model import selection as modes
 
 
 def _rows(valid: torch.Tensor):

@@ -8,7 +8,8 @@ import pytest
 import torch
 from tiny_models import assert_decode_selects_like_full_forward, tiny_model
 
-from dsparity.model import DSAConfig, convert_to_dsa, modes
+from dsparity.model import DSAConfig, convert_to_dsa
+from dsparity.model import selection as modes
 from dsparity.model.modes import apply_mode, selection_recall
 
 SMALL = dict(index_n_heads=2, index_head_dim=16)

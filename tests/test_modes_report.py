@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dsparity.evals.modes_report import mode_of, side_by_side
 from dsparity.evals.report import _env
+from dsparity.evals.report.modes import mode_of, side_by_side
 
 
 def _usage(latency: float, prompt: float, out_tokens: int) -> dict:

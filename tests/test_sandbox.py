@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from dsparity.evals import sandbox
-from dsparity.evals.sandbox import SandboxUnavailable, run_program
+from dsparity.evals.graders import sandbox
+from dsparity.evals.graders.sandbox import SandboxUnavailable, run_program
 
 pytestmark = pytest.mark.skipif(
     sandbox.bwrap_path() is None or not os.access("/usr/bin/python3", os.X_OK),

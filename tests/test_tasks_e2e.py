@@ -18,7 +18,7 @@ import pytest
 from loopback import ServerThread, scripted_app
 from tasks_helpers import OFFLINE_SUITES, REPO, fast_env, oracle_answers, scripted_oracle
 
-from dsparity.evals import sandbox
+from dsparity.evals.graders import sandbox
 from dsparity.evals.runner import RunSettings, execute_run
 from dsparity.evals.specs import parse_spec
 from dsparity.evals.store import Store

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from pathlib import Path
 from typing import Annotated
 
@@ -20,12 +21,12 @@ app.add_typer(jobs_app, name="jobs")
 console = Console(stderr=True)  # progress, logs and errors
 out = Console()  # results
 
-DEFAULT_SUITE = "smoke"
+DEFAULT_SUITE = "default"
 
 Db = Annotated[str | None, typer.Option("--db", help="SQLAlchemy URL of the results store "
                                         "[default: sqlite:///results/dsparity.db or $DSPARITY_DB]")]
 
-Suite = Annotated[str | None, typer.Option("--suite", help="Comma-separated suites [default: smoke]")]
+Suite = Annotated[str | None, typer.Option("--suite", help="Comma-separated suites [default: default]")]
 
 TaskNames = Annotated[str | None, typer.Option("--tasks", help="Comma-separated task names")]
 
@@ -39,8 +40,17 @@ Size = Annotated[int | None, typer.Option(
     "--size", min=1, help="Items per generated task (reasoning: per task, longctx: per length) "
                           "[default: each task's own]")]
 
-Margin = Annotated[float, typer.Option("--margin", min=0.0, max=1.0,
-                                       help="Equivalence margin in score units (0.05 = 5 points)")]
+def _positive_margin(value: float | None) -> float | None:
+    if value is not None and not 0.0 < value <= 1.0:
+        raise typer.BadParameter(f"{value} is not in (0, 1]: the margin is a difference in score "
+                                 "units, e.g. 0.05 for 5 points")
+    return value
+
+
+Margin = Annotated[float | None, typer.Option(
+    "--margin", callback=_positive_margin,
+    help="Equivalence margin in score units (0.05 = 5 points) for every score task [default: each "
+         "task's own stated margin, else 0.05; fidelity tasks keep theirs, in nats per token]")]
 
 OutDir = Annotated[Path, typer.Option("--out", help="Folder for the reports")]
 
@@ -52,6 +62,12 @@ Budget = Annotated[float | None, typer.Option(
 
 Prices = Annotated[Path | None, typer.Option(
     "--prices", help="YAML price table that adds to or overrides the built-in one")]
+
+
+class FailOn(enum.StrEnum):
+    materially_worse = "materially_worse"
+    worse = "worse"
+    inconclusive = "inconclusive"
 
 
 def split_list(value: str | None) -> list[str] | None:

@@ -15,6 +15,7 @@ from dsparity.cli.base import (
     DEFAULT_SUITE,
     Budget,
     Db,
+    FailOn,
     Include,
     Judge,
     Limit,
@@ -34,7 +35,7 @@ from dsparity.cli.base import (
 )
 from dsparity.errors import DsparityError
 from dsparity.evals.pricing import load_prices
-from dsparity.evals.served import served_default
+from dsparity.evals.serving.served import served_default
 from dsparity.evals.specs import DEFAULT_CANDIDATE
 
 
@@ -58,9 +59,15 @@ def run(
 
     async def go():
         from dsparity.evals.backends import make_backend
+        from dsparity.evals.runner import preflight
 
         backend = make_backend(spec)
         await backend.start()  # validate the model before the store is touched
+        try:
+            await preflight(backend, task_specs)
+        except BaseException:
+            await backend.close()
+            raise
         return await execute_run(spec, task_specs, settings, Store(db), backend=backend)
 
     result = asyncio.run(go())
@@ -92,8 +99,11 @@ def compare(
              "on loopback, started and stopped by this command]")] = None,
     suite: Suite = None, tasks: TaskNames = None, limit: Limit = None,
     repeats: Repeats = 1, seed: int = 0, db: Db = None, include: Include = None,
-    size: Size = None, margin: Margin = 0.05, out_dir: OutDir = Path("results/reports"),
+    size: Size = None, margin: Margin = None, out_dir: OutDir = Path("results/reports"),
     budget: Budget = None, prices: Prices = None,
+    fail_on: Annotated[FailOn | None, typer.Option(
+        "--fail-on", help="Exit 1 when the overall verdict is this or worse (a CI gate); without it "
+                          "the exit code is 0 whatever the verdict")] = None,
 ) -> None:
     """Run both models on the same items, grade, pair, and write the parity report."""
     from dsparity.evals.runner import RunSettings
@@ -105,11 +115,32 @@ def compare(
     with served_default(console.print) if base_spec is None else contextlib.nullcontext(base_spec) as served:
         settings = RunSettings(suite=suite or tasks or DEFAULT_SUITE, limit=limit,
                                repeats=repeats, seed=seed, budget=budget, prices=load_prices(prices))
-        asyncio.run(_compare(cand_specs, served, task_specs, settings, db, margin, out_dir))
+        verdicts = asyncio.run(_compare(cand_specs, served, task_specs, settings, db, margin, out_dir,
+                                        on_ready=lambda: _print_power(task_specs, margin)))
+    if fail_on is not None and any(fails(v, fail_on.value) for v in verdicts):
+        raise typer.Exit(1)
 
-async def _compare(cand_specs, base_spec, task_specs, settings, db, margin, out_dir) -> None:
+def fails(verdict: str, level: str) -> bool:
+    """Is `verdict` at or below `level` on better > equivalent > inconclusive > worse > materially?"""
+    order = ["materially_worse", "worse", "inconclusive", "equivalent", "better"]
+    return order.index(verdict) <= order.index(level)
+
+def _print_power(task_specs, margin) -> None:
+    """Before anything is sent: what each task can resolve, and a warning where it cannot decide."""
+    from dsparity.evals.power import plan
+
+    for row in plan(task_specs, margin=margin):
+        if row.warning:
+            console.print(f"[yellow]power:[/] {row.task}: {row.warning}", soft_wrap=True)
+        elif row.resolution is not None:
+            console.print(f"power: {row.task}: {row.n} items resolve +-{100 * row.resolution:.1f} points "
+                          f"(margin +-{100 * row.margin:g}); a loss of {100 * row.mde:.0f}+ points is "
+                          "found with 80% power", soft_wrap=True)
+
+async def _compare(cand_specs, base_spec, task_specs, settings, db, margin, out_dir,
+                   on_ready=None) -> list[str]:
     """One comparison per candidate against the same baseline (its run resumes, never re-asks);
-    with several candidates the first report gains the side-by-side section (modes_report.py)."""
+    with several candidates the first report gains the side-by-side section (report/modes.py)."""
     from dsparity.evals.comparison_flow import run_comparison
     from dsparity.evals.store import Store
 
@@ -117,11 +148,12 @@ async def _compare(cand_specs, base_spec, task_specs, settings, db, margin, out_
     comparisons = []
     for cand_spec in cand_specs:
         store, outcome = await run_comparison(cand_spec, base_spec, task_specs, settings,
-                                              store, margin, log=console.print)
+                                              store, margin, log=console.print, on_ready=on_ready)
+        on_ready = None  # once, before the first comparison
         _exit_if_budget_stopped([outcome.candidate, outcome.baseline])
         comparisons.append(outcome.comparison)
     if len(comparisons) > 1:
-        from dsparity.evals.modes_report import side_by_side
+        from dsparity.evals.report.modes import side_by_side
 
         recall = await asyncio.to_thread(_modes_recall, store, cand_specs, comparisons)
         comparisons[0]["modes"] = side_by_side(comparisons, recall)
@@ -130,6 +162,7 @@ async def _compare(cand_specs, base_spec, task_specs, settings, db, margin, out_
         _write_report(store, comparison, out_dir)
     if len(comparisons) > 1:
         _print_modes(comparisons[0]["modes"])
+    return [c["overall"]["verdict"] for c in comparisons]
 
 def _reproduce_all(comparisons) -> str:
     """The one command behind a side-by-side report: the first comparison's, every candidate."""
@@ -145,6 +178,7 @@ def _reproduce_all(comparisons) -> str:
 def _modes_recall(store, cand_specs, comparisons, prompts: int = 2) -> dict[str, dict | None]:
     """Attention-mass recall of each local sparse candidate on its longest long-context prompts."""
     from dsparity.evals.backends import make_backend
+    from dsparity.evals.logprobs import prompt_of
 
     recall: dict[str, dict | None] = {}
     for spec, comparison in zip(cand_specs, comparisons, strict=True):
@@ -156,7 +190,7 @@ def _modes_recall(store, cand_specs, comparisons, prompts: int = 2) -> dict[str,
         rows = [r for r in store.samples(run_id)
                 if r["error"] is None and (not longctx or r["task"] in longctx)]
         rows.sort(key=lambda r: -(r["prompt_tokens"] or 0))
-        messages = [r["request"]["messages"] for r in rows[:prompts]]
+        messages = [r["request"].get("messages") or prompt_of(r["request"]) for r in rows[:prompts]]
         console.print(f"[bold]recall[/] {spec.label}: attention mass kept on {len(messages)} prompt(s)")
         backend = make_backend(spec)
         try:
@@ -198,24 +232,60 @@ def _write_report(store, comparison, out_dir: Path) -> None:
                                comparison["margin"], comparison["alpha"], comparison)
     paths = render(comparison, out_dir, name=f"comparison-{cid}")
     overall = comparison["overall"]
-    table = Table(title=f"{comparison['candidate']['label']} vs {comparison['baseline']['label']}")
-    for col in ("task", "n", "candidate %", "baseline %", "diff (pts)", "95% CI", "verdict"):
-        table.add_column(col)
-    for t in comparison["tasks"]:
-        ci = t.get("ci95") or [None, None]
-        table.add_row(t["task"], str(t["n"]), pct(t["mean_a"]), pct(t["mean_b"]),
-                      pct(t["diff"], signed=True),
-                      f"[{pct(ci[0], signed=True)}, {pct(ci[1], signed=True)}]", t["verdict"])
-    out.print(table)
-    out.print(f"overall: {overall['verdict']} (margin ±{100 * comparison['margin']:.1f} points, "
-              f"{overall['n']} paired items)")
+    out.print(f"{comparison['candidate']['label']}\n  vs {comparison['baseline']['label']}",
+              soft_wrap=True, markup=False, highlight=False)
+    for line in comparison_lines(comparison):
+        out.print(line, soft_wrap=True, markup=False, highlight=False)
+    out.print(f"overall: {overall['verdict']} ({overall['why']})", soft_wrap=True, markup=False)
     out.print(f"report: {paths['html']}\n        {paths['md']}\n        {paths['json']}")
+
+def comparison_lines(comparison: dict) -> list[str]:
+    """The per-row table in at most 80 columns: scores in points; fidelity buckets, in mean
+    log-prob per token, indented under their task; the CI of the difference; the verdict."""
+    head = ("task", "n", "cand", "base", "diff", "95% CI", "verdict")
+    rows: list[tuple[str, ...] | str] = []
+    parent = None
+    for t in comparison["tasks"]:
+        nats = t.get("unit", "points") != "points"
+        fmt = _nat if nats else pct
+        name = t["task"]
+        if t.get("parent"):
+            if t["parent"] != parent:
+                rows.append(f"{t['parent']} ({t['unit']}, by tokens of context)")
+            parent, name = t["parent"], "  " + name[len(t["parent"]):].strip()
+        ci = t.get("ci95") or [None, None]
+        rows.append((name, str(t["n"]), fmt(t["mean_a"]), fmt(t["mean_b"]), fmt(t["diff"], True),
+                     f"[{fmt(ci[0], True)},{fmt(ci[1], True)}]", t["verdict"]))
+    cells = [head, *[r for r in rows if isinstance(r, tuple)]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(head))]
+    # A name that would push the line past 80 columns goes on a line of its own, whole.
+    widths[0] = min(widths[0], max(len(head[0]), 80 - sum(widths[1:]) - 2 * (len(head) - 1)))
+
+    def line(r) -> str:  # text columns left-aligned, numbers right-aligned
+        return "  ".join(c.ljust(w) if i in (0, 6) else c.rjust(w)
+                         for i, (c, w) in enumerate(zip(r, widths, strict=True))).rstrip()
+
+    lines = [line(head)]
+    for r in rows:
+        if isinstance(r, str):
+            lines.append(r)
+        elif len(r[0]) > widths[0]:
+            lines += [r[0], line(("", *r[1:]))]
+        else:
+            lines.append(line(r))
+    return lines + ["scores in %, diff in points; fidelity: mean log-prob per token, diff in nats"]
+
+def _nat(v, signed: bool = False) -> str:
+    if v is None:
+        return "n/a"
+    text = f"{v:+.3f}" if signed else f"{v:.3f}"
+    return "+0.000" if text == "-0.000" else text
 
 @app.command()
 def report(
     candidate_run: Annotated[str, typer.Argument(help="Run id of the candidate")],
     baseline_run: Annotated[str, typer.Argument(help="Run id of the baseline")],
-    margin: Margin = 0.05, db: Db = None, out_dir: OutDir = Path("results/reports"), judge: Judge = None,
+    margin: Margin = None, db: Db = None, out_dir: OutDir = Path("results/reports"), judge: Judge = None,
 ) -> None:
     """Re-make a comparison from two stored runs (e.g. with a new margin) without re-running."""
     from dsparity.evals.compare import compare_runs

@@ -24,12 +24,16 @@ def serve(
     port: Annotated[int, typer.Option(help="Port")] = 8000,
     name: Annotated[str | None, typer.Option(help="Model id clients use [default: the spec]")] = None,
     quiet: Annotated[bool, typer.Option(help="No access log")] = False,
+    max_tokens: Annotated[int, typer.Option(min=1, help="Cap on max_tokens per request")] = 4096,
+    max_body_mb: Annotated[float, typer.Option(min=0.001, help="Largest request body, MiB")] = 4.0,
+    shutdown_timeout: Annotated[float, typer.Option(
+        min=0.0, help="On SIGTERM, seconds to finish requests in flight before cancelling them")] = 30.0,
 ) -> None:
-    """Serve a local model over the OpenAI chat-completions API."""
+    """Serve a local model over the OpenAI API (chat and legacy completions with log-probs)."""
     import uvicorn
 
     from dsparity.evals.backends.local import LocalBackend
-    from dsparity.evals.server import create_app
+    from dsparity.evals.serving.server import ServeLimits, create_app
     from dsparity.evals.specs import parse_spec
 
     spec = parse_spec(model, source="--model")
@@ -39,8 +43,11 @@ def serve(
     backend = LocalBackend(spec)
     backend.load()
     console.print(f"serving {spec.text} as {name or spec.text!r} on http://{host}:{port}/v1")
-    uvicorn.run(create_app(backend, name or spec.text), host=host, port=port,
-                log_level="warning" if quiet else "info", access_log=not quiet)
+    limits = ServeLimits(max_body_bytes=int(max_body_mb * 1024 * 1024), max_tokens_cap=max_tokens,
+                         shutdown_s=shutdown_timeout)
+    uvicorn.run(create_app(backend, name or spec.text, limits), host=host, port=port,
+                log_level="warning" if quiet else "info", access_log=not quiet,
+                timeout_graceful_shutdown=shutdown_timeout)
 
 @app.command()
 def dashboard(

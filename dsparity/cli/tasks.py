@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from rich import box
 from rich.table import Table
 
 from dsparity.cli.base import (
@@ -26,21 +27,26 @@ def tasks_list(include: Include = None, size: Size = None) -> None:
     dirs = [BUILTIN_TASKS, *(include or [])]
     specs, problems = scan(dirs)
     options = GenOptions.from_env(size=size)
-    table = Table()
-    for col in ("suite", "task", "items", "grader", "max tokens", "lengths", "about"):
-        table.add_column(col, overflow="fold")
+    wide = out.width >= 120  # the descriptions only where they fit; `tasks show` has them too
+    table = Table(box=None if not wide else box.HEAVY_HEAD)
+    for col in ("suite", "task", "items", "grader", "max new", "lengths"):
+        table.add_column(col, no_wrap=True)
+    if wide:
+        table.add_column("about", overflow="fold", ratio=1)
     per_suite: dict[str, list] = {}
     for s in sorted(specs.values(), key=lambda s: (s.suite, s.name)):
         n = count_items(s, options)
         per_suite.setdefault(s.suite, []).append((n, s.grader))
         lengths = options.lengths or s.settings.get("lengths")
-        table.add_row(s.suite + (" (needs hub)" if s.needs_hub else ""), s.name,
-                      "from hub" if n is None else str(n), s.grader,
+        table.add_row(s.suite + ("*" if s.needs_hub else ""), s.name,
+                      "hub" if n is None else str(n), s.grader,
                       str(s.settings.get("max_tokens") or
                           (s.config.get("generation_kwargs") or {}).get("max_gen_toks", "")),
-                      ",".join(_klen(v) for v in lengths) if lengths and "kind" in s.settings else "",
-                      str(s.settings.get("description", "")))
+                      ",".join(_klen(v) for v in lengths) if lengths and s.settings.get("lengths") else "",
+                      *([str(s.settings.get("description", ""))] if wide else []))
     out.print(table)
+    if any(s.needs_hub for s in specs.values()):
+        out.print("* needs the Hugging Face hub (or its local cache); run only when named")
     for suite, rows in sorted(per_suite.items()):
         known = [n for n, _ in rows if n is not None]
         graders = sorted({g for _, g in rows})

@@ -9,7 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from dsparity.evals import stats, usage
+from dsparity.evals import fidelity, stats, usage
+from dsparity.evals.logprobs import prompt_of
 from dsparity.evals.store import SampleKey, Store
 
 DEFAULT_MARGIN = 0.05  # 5 points: a difference a user of the smoke-sized suites could notice
@@ -41,9 +42,13 @@ def _scored(store: Store, run_id: str) -> tuple[dict[PairKey, dict], list[dict]]
 
 
 def compare_runs(store: Store, candidate_run: str, baseline_run: str, *,
-                 margin: float = DEFAULT_MARGIN, alpha: float = DEFAULT_ALPHA,
+                 margin: float | None = None, alpha: float = DEFAULT_ALPHA,
                  iters: int = 10_000, seed: int = 0, judge: str | None = None) -> dict[str, Any]:
-    """The comparison as plain data (what the store keeps and every report renders)."""
+    """The comparison as plain data (what the store keeps and every report renders).
+
+    `margin` (score units) applies to every score task; None leaves each task its own stated
+    margin (`metadata.dsparity.margin`), else DEFAULT_MARGIN. Fidelity tasks always use their
+    own margin in nats per token."""
     cand_run, base_run = store.run(candidate_run), store.run(baseline_run)
     cand, cand_samples = _scored(store, cand_run["id"])
     base, base_samples = _scored(store, base_run["id"])
@@ -53,23 +58,40 @@ def compare_runs(store: Store, candidate_run: str, baseline_run: str, *,
     for key in paired:
         by_task[key.task].append(key)
     tasks = sorted(set(cand_run["tasks"]) | set(base_run["tasks"]))
-    per_task = [_task_result(t, by_task.get(t, []), cand, base, margin, alpha, iters, seed)
-                for t in tasks]
-    for t in per_task:
-        settings = (cand_run["tasks"].get(t["task"]) or {}).get("settings") or {}
+    topk = _topk(cand_run)
+    per_task, fidelity_results = [], []
+    for t in tasks:
+        info = cand_run["tasks"].get(t) or base_run["tasks"].get(t) or {}
+        settings = info.get("settings") or {}
+        keys = by_task.get(t, [])
+        if info.get("grader") == "fidelity":
+            result = fidelity.compare_task(t, [(cand[k], base[k]) for k in keys], settings, topk=topk,
+                                           margin=None, alpha=alpha)
+            fidelity_results.append(result)
+            per_task += result["rows"] or [_empty_row(t, result["margin"], alpha, result["unit"])]
+            continue
+        task_margin = margin if margin is not None else float(settings.get("margin", DEFAULT_MARGIN))
+        row = _task_result(t, keys, cand, base, task_margin, alpha, iters, seed)
         if settings.get("pairwise"):
-            t["pairwise"] = pairwise_preference(by_task.get(t["task"], []), cand, base, settings, judge)
+            row["pairwise"] = pairwise_preference(keys, cand, base, settings, judge)
+        per_task.append(row)
+    for row in per_task:
+        row["power"] = power_note(row)
+    fidelity_tasks = {r["task"] for r in fidelity_results}
     return {
-        "margin": margin, "alpha": alpha,
+        "margin": margin if margin is not None else DEFAULT_MARGIN, "alpha": alpha,
+        "margins_from_tasks": margin is None,
         "candidate": _run_summary(cand_run), "baseline": _run_summary(base_run),
         "tasks": per_task,
-        "overall": _overall(per_task, margin),
+        "fidelity": fidelity_results,
+        "overall": {"n": sum(r["n"] for r in per_task),
+                    **stats.overall_verdict(per_task, alpha=alpha)},
         "usage": {"candidate": cand_usage, "baseline": base_usage,
                   "cost_ratio": usage.ratio(cand_usage["overall"]["cost"], base_usage["overall"]["cost"]),
                   "output_token_ratio": usage.ratio(cand_usage["overall"]["output_tokens_total"],
                                                     base_usage["overall"]["output_tokens_total"])},
         "longctx_maps": depth_length_maps(paired, cand, base),
-        "disagreements": _disagreements(paired, cand, base),
+        "disagreements": _disagreements([k for k in paired if k.task not in fidelity_tasks], cand, base),
         "unpaired": {"candidate_only": len(set(cand) - set(base)),
                      "baseline_only": len(set(base) - set(cand))},
     }
@@ -90,23 +112,43 @@ def _task_result(task, keys, cand, base, margin, alpha, iters, seed):
     a = np.array([np.mean(per_doc_a[d]) for d in docs], dtype=float)
     b = np.array([np.mean(per_doc_b[d]) for d in docs], dtype=float)
     result = stats.compare_scores(a, b, margin=margin, alpha=alpha, iters=iters, seed=seed)
-    return {"task": task, **_jsonable(result.to_dict())}
+    return {"task": task, "kind": "score", "unit": "points", **_jsonable(result.to_dict())}
 
 
-def _overall(per_task: list[dict], margin: float) -> dict[str, Any]:
-    """Tasks weigh equally (macro average, grading.md 5.5): a big task cannot hide a small one."""
-    usable = [t for t in per_task if t["n"] >= 2 and t["se"] is not None]
-    n_items = sum(t["n"] for t in per_task)
-    if not usable:
-        return {"n": n_items, "verdict": stats.Verdict.INCONCLUSIVE.value, "diff": None,
-                "method": "none: too few paired items"}
-    diff, se = stats.macro_difference([t["diff"] for t in usable], [t["se"] for t in usable])
-    ci90 = (diff - 1.6449 * se, diff + 1.6449 * se)
-    ci95 = (diff - 1.96 * se, diff + 1.96 * se)
-    verdict = stats.verdict(diff, ci90, ci95, margin)
-    return {"n": n_items, "tasks": len(usable), "diff": diff, "se": se, "ci90": list(ci90),
-            "ci95": list(ci95), "verdict": verdict.value,
-            "method": "macro average over tasks, normal CI"}
+def _empty_row(task: str, margin: float, alpha: float, unit: str) -> dict[str, Any]:
+    return {"task": task, "kind": "fidelity", "unit": unit, "n": 0, "diff": None, "se": None,
+            "ci90": [None, None], "ci95": [None, None], "p_tost": None, "p_diff": None,
+            "verdict": stats.Verdict.INCONCLUSIVE.value, "margin": margin, "alpha": alpha,
+            "mean_a": None, "mean_b": None, "more_items_needed": None}
+
+
+def _topk(run: dict) -> int | None:
+    """The candidate's top-k when it is a local sparse model (fidelity's first bucket edge)."""
+    options = (run.get("identity") or {}).get("options") or {}
+    if options.get("attention", "dense") == "dense":
+        return None
+    return int(options.get("topk", 256))
+
+
+def power_note(row: dict[str, Any]) -> dict[str, Any]:
+    """What this row can resolve at its size (grading.md 5.4): for 0/1 tasks the best-case
+    equivalence resolution and the smallest one-way loss found with 80% power; for others the
+    minimum detectable effect from the observed standard error."""
+    n, margin, alpha = row.get("n") or 0, row.get("margin"), row.get("alpha", DEFAULT_ALPHA)
+    if row.get("b") is not None and row.get("method", "").startswith("Tango"):
+        resolution = stats.binary_resolution(n, alpha=alpha)
+        return {"resolution": resolution, "mde": stats.binary_mde(n, alpha=alpha),
+                "can_show_equivalence": bool(margin and resolution < margin),
+                "items_for_equivalence": stats.items_for_equivalence(margin, alpha=alpha) if margin else None}
+    se = row.get("se")
+    if se is None or n < 2:
+        return {"resolution": None, "mde": None, "can_show_equivalence": False}
+    df = max(1, int(row.get("n_clusters") or n) - 1)
+    from scipy import stats as st
+
+    mde = (float(st.t.ppf(1 - alpha / 2, df)) + float(st.t.ppf(0.8, df))) * se
+    half = float(st.t.ppf(1 - alpha, df)) * se
+    return {"resolution": half, "mde": mde, "can_show_equivalence": bool(margin and half < margin)}
 
 
 def pairwise_preference(keys: list[PairKey], cand: dict, base: dict, settings: dict,
@@ -174,7 +216,7 @@ def _disagreements(paired, cand, base, limit: int = 200) -> list[dict[str, Any]]
             continue
         c, b = cand[k], base[k]
         out.append({"task": k.task, "doc_id": k.doc_id, "repeat": k.repeat,
-                    "prompt": c["request"]["messages"][-1]["content"], "target": c["target"],
+                    "prompt": prompt_of(c["request"]), "target": c["target"],
                     "candidate": {"text": c["text"], "score": c["score"], "details": c["grade_details"]},
                     "baseline": {"text": b["text"], "score": b["score"], "details": b["grade_details"]}})
         if len(out) >= limit:

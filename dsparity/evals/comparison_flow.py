@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dsparity.evals.compare import compare_runs
-from dsparity.evals.runner import RunResult, RunSettings, execute_run
+from dsparity.evals.runner import RunResult, RunSettings, execute_run, preflight
 from dsparity.evals.specs import ModelSpec
 from dsparity.evals.store import Store
 from dsparity.evals.tasks import TaskSpec
@@ -35,21 +35,28 @@ class FreshAnswers(Store):
 
 
 async def run_comparison(cand_spec: ModelSpec, base_spec: ModelSpec, task_specs: list[TaskSpec],
-                         settings: RunSettings, store: Store | Callable[[], Store], margin: float, *,
+                         settings: RunSettings, store: Store | Callable[[], Store], margin: float | None, *,
                          log: Callable[[str], Any] = print, show_progress: bool = True,
-                         judge: str | None = None) -> tuple[Store, ComparisonOutcome]:
+                         judge: str | None = None,
+                         on_ready: Callable[[], Any] | None = None) -> tuple[Store, ComparisonOutcome]:
     """Both runs and their comparison. `store` may be a factory, called once both backends
-    have passed their preflight (so a wrong URL leaves no database behind)."""
+    have passed their preflight (so a wrong URL leaves no database behind); `on_ready` runs then
+    too (the power check is printed there, so a bad input still gets exactly one line)."""
     from dsparity.evals.backends import make_backend
 
     base_backend = make_backend(base_spec)
     await base_backend.start()  # cheap preflight first: a wrong URL fails before any model loads
     cand_backend = make_backend(cand_spec)
     try:
+        await preflight(base_backend, task_specs)
         await cand_backend.start()
+        await preflight(cand_backend, task_specs)
     except BaseException:
         await base_backend.close()
+        await cand_backend.close()
         raise
+    if on_ready is not None:  # both backends passed their preflight; nothing is sent yet
+        on_ready()
     if not isinstance(store, Store):
         try:
             store = store()

@@ -365,7 +365,7 @@ def _compare(store, job: JobSpec, log, show_progress: bool):
     if job.baseline:
         served = contextlib.nullcontext(parse_spec(job.baseline, source=f"job {job.name}: baseline"))
     else:
-        from dsparity.evals.served import served_default as _served_default
+        from dsparity.evals.serving.served import served_default as _served_default
 
         served = _served_default()
     with served as base_spec:

@@ -7,7 +7,9 @@
 
 lm-eval's plain `lm-eval` command cannot import a plugin model, hence the thin wrapper CLI that
 imports this module (which registers both names) before handing over to lm-eval's own entry.
-Generation tasks only: a chat backend has no log-likelihoods to give.
+Generation goes through each backend's chat path; `loglikelihood` and `loglikelihood_rolling`
+through its scoring path (exact in-process, `/v1/completions` with echo and logprobs remotely),
+tokenized there as lm-eval's `hf` model tokenizes.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
 from dsparity.evals.backends import Request, make_backend
+from dsparity.evals.backends.base import ScoreRequest, Span
+from dsparity.evals.logprobs import SpanScores
 from dsparity.evals.specs import LOCAL_KEYS, OPENAI_KEYS, parse_spec
 
 _LM_EVAL_ARGS = {"batch_size", "max_batch_size", "device", "trust_remote_code"}
@@ -61,11 +65,23 @@ class _DsparityLM(LM):
             raise RuntimeError(f"{len(failed)} requests failed, first: {failed[0].error}")
         return [c.text for c in completions]
 
-    def loglikelihood(self, requests):
-        raise NotImplementedError("dsparity backends are chat models: use generation tasks")
+    def loglikelihood(self, requests) -> list[tuple[float, bool]]:
+        scored = self._score([ScoreRequest((Span(*r.args[:2]),)) for r in requests])
+        return [(s.total, s.is_greedy) for s in scored]
 
-    def loglikelihood_rolling(self, requests):
-        raise NotImplementedError("dsparity backends are chat models: use generation tasks")
+    def loglikelihood_rolling(self, requests) -> list[float]:
+        scored = self._score([ScoreRequest((Span("", r.args[0]),), rolling=True) for r in requests])
+        return [s.total for s in scored]
+
+    def _score(self, requests: list[ScoreRequest]) -> list[SpanScores]:
+        async def all_of():
+            return await asyncio.gather(*(self.backend.score(r) for r in requests))
+
+        completions = self._loop.run_until_complete(all_of())
+        failed = [c for c in completions if c.error]
+        if failed:
+            raise RuntimeError(f"{len(failed)} requests failed, first: {failed[0].error}")
+        return [SpanScores.unpack(c.scores[0]) for c in completions]
 
 
 def _request(context: str, gen_kwargs: dict) -> Request:

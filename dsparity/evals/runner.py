@@ -17,9 +17,12 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from dsparity.errors import DsparityError
 from dsparity.evals import provenance
 from dsparity.evals.backends import Backend, identity_key, make_backend
+from dsparity.evals.backends.base import ScoreRequest
 from dsparity.evals.graders import GradeInput, get_grader
+from dsparity.evals.logprobs import describe
 from dsparity.evals.pricing import BUILTIN_PRICES, Price, price_for
 from dsparity.evals.specs import ModelSpec
 from dsparity.evals.store import SampleKey, SampleRecord, Store
@@ -59,6 +62,8 @@ class RunResult:
 
 def _request_for(item: TaskItem, repeat: int, settings: RunSettings):
     request = item.request
+    if isinstance(request, ScoreRequest):
+        return request  # log-likelihoods are exact: no sampling, every repeat the same numbers
     if settings.temperature is not None:
         request = replace(request, temperature=settings.temperature)
     if request.temperature > 0:  # sampled: each repeat is its own draw, seeded reproducibly
@@ -83,6 +88,29 @@ async def execute_run(spec: ModelSpec, tasks: list[TaskSpec], settings: RunSetti
         return result
     finally:
         await backend.close()
+
+
+async def preflight(backend: Backend, tasks: list[TaskSpec]) -> None:
+    """Checks that need the started backend, made before anything is stored: an endpoint that
+    log-likelihood tasks need can echo prompt log-probs, and every tokenized document fits the
+    model's context (lm-eval would silently cut it from the left)."""
+    scored = [t for t in tasks if t.scored]
+    if not scored:
+        return
+    if hasattr(backend, "check_scoring"):
+        await backend.check_scoring()
+    limit = backend.context_length() if hasattr(backend, "context_length") else None
+    if not limit:
+        return
+    for task in scored:
+        for item in task.items:
+            for span in item.request.spans:
+                n = len(span.context) + len(span.continuation)
+                if span.tokenized and n > limit:
+                    raise DsparityError(str(task.yaml_path), f"document {item.doc_id}",
+                                        f"{n} tokens do not fit the model's context of {limit}",
+                                        "ask for shorter lengths (DSPARITY_LONGCTX_LENGTHS) or use "
+                                        "a model with a longer context")
 
 
 def _open_run(store: Store, spec: ModelSpec, backend: Backend, tasks: list[TaskSpec],
@@ -141,7 +169,12 @@ async def _generate_all(store: Store, backend: Backend, tasks: list[TaskSpec], s
                     result.stopped_by_budget = True
                     advance()
                     return  # not sent, not stored: a re-run with a higher budget continues here
-                completion = await backend.generate(request)
+                if isinstance(request, ScoreRequest):
+                    completion = await backend.score(request)
+                    if completion.ok and not completion.text:
+                        completion.text = describe(request, completion.scores or [])
+                else:
+                    completion = await backend.generate(request)
                 result.sent += 1
                 await save(item, repeat, request, completion, cache_key, cached=False)
         advance()
@@ -162,7 +195,7 @@ async def _generate_all(store: Store, backend: Backend, tasks: list[TaskSpec], s
 
 def _cache_key(model_key: str, request, repeat: int) -> str:
     """Model identity + request (+ the draw, for sampled decoding): never shared across models."""
-    draw = repeat if request.temperature > 0 else 0
+    draw = repeat if getattr(request, "temperature", 0.0) > 0 else 0
     return hashlib.sha256(f"{model_key}:{request.key()}:{draw}".encode()).hexdigest()
 
 
@@ -177,7 +210,8 @@ def grade_run(store: Store, run_id: str, *, replace: bool = False) -> int:
             continue  # an infrastructure error is not a wrong answer: it gets no grade
         info = run["tasks"][s["task"]]
         grade = get_grader(info["grader"])(
-            GradeInput(s["text"], s["target"], s["doc"], s["finish_reason"]), info["settings"])
+            GradeInput(s["text"], s["target"], s["doc"], s["finish_reason"], s.get("scores")),
+            info["settings"])
         rows.append(dict(task=s["task"], doc_id=s["doc_id"], repeat=s["repeat"],
                          grader=info["grader"], score=grade.score,
                          passed=None if grade.passed is None else int(grade.passed),

@@ -40,13 +40,20 @@ __all__ = [
     "compare_scores",
     "holm",
     "items_to_settle",
+    "binary_mde",
+    "binary_resolution",
+    "items_for_equivalence",
     "macro_difference",
     "mcnemar_exact",
+    "overall_verdict",
     "minimum_detectable_effect",
     "paired_bootstrap",
     "paired_difference",
     "pooled_difference",
     "sample_size_for_margin",
+    "tango_interval",
+    "tango_p",
+    "tango_tost",
     "tost",
     "verdict",
     "win_rate",
@@ -477,6 +484,96 @@ def items_to_settle(sd: float, margin: float, n_now: int, *, alpha: float = 0.05
 
 
 # --------------------------------------------------------------------------------------------
+# paired binary outcomes: Tango's score interval
+
+
+def _tango_z(b: int, c: int, n: int, delta: float) -> float:
+    """Tango's score statistic for H0: p_cand - p_base = delta on paired 0/1 outcomes.
+
+    Tango 1998 (Stat. Med. 17:891, "Equivalence test and confidence interval for the difference
+    in proportions for the paired-sample design"), eqs. 2-4: with b = #(candidate right, baseline
+    wrong), c = #(candidate wrong, baseline right) and q the constrained MLE of P(c-cell) under
+    delta, ``Z = (b - c - n delta) / sqrt(n (2 q + delta (1 - delta))))``, where q is the root of
+    ``2n q^2 + (-b - c + (2n - b + c) delta) q - c delta (1 - delta) = 0`` in [0, 1].
+    """
+    a_ = 2.0 * n
+    b_ = -b - c + (2.0 * n - b + c) * delta
+    c_ = -c * delta * (1.0 - delta)
+    q = (math.sqrt(max(b_ * b_ - 4.0 * a_ * c_, 0.0)) - b_) / (2.0 * a_)
+    var = n * (2.0 * q + delta * (1.0 - delta))
+    num = b - c - n * delta
+    if var <= 1e-15:
+        return 0.0 if num == 0 else math.copysign(math.inf, num)
+    return num / math.sqrt(var)
+
+
+def tango_interval(b: int, c: int, n: int, *, level: float = 0.95) -> tuple[float, float]:
+    """Tango's score confidence interval for the paired difference of two proportions.
+
+    The set of delta whose score test (:func:`_tango_z`) does not reject at ``1 - level``: it
+    inverts McNemar's test (at delta = 0 the statistic is ``(b - c) / sqrt(b + c)``), stays in
+    [-1, 1] and is not wider than the data allow at the extremes: all n pairs discordant against
+    the candidate give an upper bound below 0, and no discordant pair at all gives the symmetric
+    ``+-z^2 / (n + z^2)`` (Tango 1998; Newcombe 1998, Stat. Med. 17:2635, compares it favourably).
+    """
+    _check_level(level)
+    if n < 1:
+        return (math.nan, math.nan)
+    from scipy.optimize import brentq
+
+    z = _z(1 - (1 - level) / 2)
+    d = (b - c) / n
+    eps = 1e-12
+    f = lambda x, target: _tango_z(b, c, n, x) - target  # noqa: E731  (decreasing in x)
+    lo = -1.0 if d <= -1 + eps or f(-1 + eps, z) <= 0 else brentq(f, -1 + eps, d, args=(z,), xtol=1e-12)
+    hi = 1.0 if d >= 1 - eps or f(1 - eps, -z) >= 0 else brentq(f, d, 1 - eps, args=(-z,), xtol=1e-12)
+    return (float(lo), float(hi))
+
+
+def tango_p(b: int, c: int, n: int) -> float:
+    """Two-sided p-value of Tango's score test of no difference (McNemar's z test)."""
+    if n < 1:
+        return math.nan
+    zval = _tango_z(b, c, n, 0.0)
+    return 1.0 if zval == 0 else float(2 * _st.norm.sf(abs(zval)))
+
+
+def tango_tost(b: int, c: int, n: int, margin: float) -> float:
+    """TOST p-value for |delta| < margin with Tango's score statistic (Tango 1998, sec. 2.2):
+    ``max(P(Z >= z(-margin)), P(Z <= z(+margin)))``."""
+    _check_margin(margin)
+    if n < 1:
+        return math.nan
+    return float(max(_st.norm.sf(_tango_z(b, c, n, -margin)), _st.norm.cdf(_tango_z(b, c, n, margin))))
+
+
+def binary_resolution(n: int, *, alpha: float = 0.05) -> float:
+    """Half-width of Tango's 1 - 2 alpha interval when the two models agree on all n items: the
+    smallest margin at which n items can ever show equivalence (``z^2 / (n + z^2)``)."""
+    if n < 1:
+        return math.inf
+    z2 = _z(1 - alpha) ** 2
+    return z2 / (n + z2)
+
+
+def items_for_equivalence(margin: float, *, alpha: float = 0.05) -> int:
+    """The fewest items whose perfect agreement shows equivalence at ``margin``."""
+    _check_margin(margin)
+    z2 = _z(1 - alpha) ** 2
+    return max(2, math.floor(z2 * (1 - margin) / margin) + 1)
+
+
+def binary_mde(n: int, *, alpha: float = 0.05, power: float = 0.8) -> float:
+    """Smallest one-way loss (a share of items the candidate gets wrong and the baseline right,
+    none the other way) that McNemar's test detects with ``power``: ``(z_{1-alpha/2} +
+    z_power)^2 / n`` (normal approximation; the discordance rate equals the loss)."""
+    _check_power(alpha, power)
+    if n < 1:
+        return math.inf
+    return min(1.0, (_z(1 - alpha / 2) + _z(power)) ** 2 / n)
+
+
+# --------------------------------------------------------------------------------------------
 # aggregates over tasks
 
 
@@ -651,6 +748,8 @@ class TaskComparison:
     more_items_needed: int | None
     margin: float
     alpha: float
+    p_diff: float = math.nan  # two-sided p of "no difference", from the same method as the CIs
+    method: str = ""  # how the intervals were made
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON types: floats (``nan`` -> ``None``), lists for intervals, verdict str."""
@@ -724,21 +823,37 @@ def compare_scores(
         if not repeats:
             p_mc = mcnemar_exact(n_b, n_c)
 
-    # The rule-of-three floor is about unseen disagreements of 0/1 outcomes; continuous scores
-    # get it only when they show no variation at all.
-    se = se_with_floor(pd_.se, pd_.n_clusters) if use_binary or pd_.se == 0 else pd_.se
-    if pd_.n_clusters >= 2:
-        reps = _bootstrap_means(a_ - b_, inverse, iters, seed)
-        ci95 = _widen(_percentile_ci(reps, 1 - alpha), pd_.diff, se, alpha, pd_.df)
-        ci90 = _widen(_percentile_ci(reps, 1 - 2 * alpha), pd_.diff, se, 2 * alpha, pd_.df)
+    if use_binary and inverse is None and pd_.n >= 2:
+        # Independent 0/1 pairs: Tango's score interval, exact enough at any n and never wider
+        # than the data allow (no rule-of-three floor needed).
+        se = pd_.se
+        ci95 = tango_interval(n_b, n_c, pd_.n, level=1 - alpha)
+        ci90 = tango_interval(n_b, n_c, pd_.n, level=1 - 2 * alpha)
+        p_tost, p_diff, method = tango_tost(n_b, n_c, pd_.n, margin), tango_p(n_b, n_c, pd_.n), \
+            "Tango score interval (paired 0/1)"
     else:
-        ci95 = ci90 = (math.nan, math.nan)
+        # The rule-of-three floor is about unseen disagreements of 0/1 outcomes; continuous scores
+        # get it only when they show no variation at all.
+        se = se_with_floor(pd_.se, pd_.n_clusters) if use_binary or pd_.se == 0 else pd_.se
+        if pd_.n_clusters >= 2:
+            reps = _bootstrap_means(a_ - b_, inverse, iters, seed)
+            ci95 = _widen(_percentile_ci(reps, 1 - alpha), pd_.diff, se, alpha, pd_.df)
+            ci90 = _widen(_percentile_ci(reps, 1 - 2 * alpha), pd_.diff, se, 2 * alpha, pd_.df)
+        else:
+            ci95 = ci90 = (math.nan, math.nan)
+        p_tost = _tost_from(pd_.diff, se, pd_.df, margin)
+        p_diff = _t_two_sided(pd_.diff, se, pd_.df)
+        method = "paired bootstrap" + (", clustered" if inverse is not None else "")
 
-    p_tost = _tost_from(pd_.diff, se, pd_.df, margin)
     v = verdict(pd_.diff, ci90, ci95, margin)
     more: int | None = 0
     if v is Verdict.INCONCLUSIVE:
-        if math.isfinite(se):
+        if use_binary and inverse is None and pd_.n >= 2 and not pd_.se > 0:
+            # no disagreement seen: the items that perfect agreement needs at this margin
+            more = max(0, items_for_equivalence(margin, alpha=alpha) - pd_.n)
+        elif use_binary and inverse is None and pd_.n >= 2:
+            more = items_to_settle(pd_.se * math.sqrt(pd_.n), margin, pd_.n, alpha=alpha)
+        elif math.isfinite(se):
             sd_eff = se * math.sqrt(pd_.n)
             more = items_to_settle(sd_eff, margin, pd_.n, alpha=alpha)
         else:
@@ -762,4 +877,57 @@ def compare_scores(
         more_items_needed=more,
         margin=float(margin),
         alpha=float(alpha),
+        p_diff=p_diff,
+        method=method,
     )
+
+
+def _t_two_sided(diff: float, se: float, df: int) -> float:
+    if df < 1 or not (math.isfinite(diff) and math.isfinite(se)):
+        return math.nan
+    if se == 0.0:
+        return 0.0 if diff != 0 else 1.0
+    return float(2 * _st.t.sf(abs(diff) / se, df))
+
+
+def overall_verdict(rows: list[dict[str, Any]], *, alpha: float = 0.05) -> dict[str, Any]:
+    """One verdict for a whole comparison that cannot contradict its rows.
+
+    Each row (a task, or a fidelity bucket) brings its own verdict, its difference and the
+    two-sided p-value of "no difference" from the same method as its intervals.
+
+    - materially worse / worse: at least one row is worse (or materially worse) on its own AND
+      stays significant after Holm's adjustment over all rows (Holm 1979): several tested rows
+      cannot make one chance loss the verdict.
+    - equivalent: every row is equivalent. Equivalence of all is an intersection-union test
+      (Berger 1982, Technometrics 24:295): each row at alpha already gives the family alpha, so
+      no adjustment is needed, and one undecided row keeps the whole undecided.
+    - better: some row is better after Holm's adjustment and every other row is equivalent or
+      better.
+    - inconclusive otherwise, naming the rows that decide it.
+    """
+    named = [r for r in rows if r.get("task")]
+    adjusted = holm([r["p_diff"] if r.get("p_diff") is not None else math.nan for r in named])
+    adj = {r["task"]: (None if math.isnan(a) else float(a)) for r, a in zip(named, adjusted, strict=True)}
+
+    def significant(r: dict) -> bool:
+        return adj[r["task"]] is not None and adj[r["task"]] < alpha
+
+    worse = [r for r in named if r["verdict"] in (Verdict.WORSE, Verdict.MATERIALLY_WORSE) and significant(r)]
+    better = [r for r in named if r["verdict"] == Verdict.BETTER and significant(r)]
+    undecided = [r["task"] for r in named if r["verdict"] != Verdict.EQUIVALENT and r not in worse + better]
+    if worse:
+        material = any(r["verdict"] == Verdict.MATERIALLY_WORSE for r in worse)
+        v = Verdict.MATERIALLY_WORSE if material else Verdict.WORSE
+        why = "worse after Holm's adjustment: " + ", ".join(r["task"] for r in worse)
+    elif named and all(r["verdict"] == Verdict.EQUIVALENT for r in named):
+        v, why = Verdict.EQUIVALENT, f"all {len(named)} rows equivalent within their margins"
+    elif better and not undecided:
+        v, why = Verdict.BETTER, "better after Holm's adjustment: " + ", ".join(r["task"] for r in better)
+    else:
+        v = Verdict.INCONCLUSIVE
+        why = ("undecided: " + ", ".join(undecided)) if undecided else "no paired rows"
+    return {"verdict": v.value, "why": why, "worse": [r["task"] for r in worse],
+            "better": [r["task"] for r in better], "undecided": undecided, "holm_p": adj,
+            "rows": len(named), "method": "per-row verdicts; worse/better need Holm-adjusted "
+            "significance, equivalent needs every row equivalent"}

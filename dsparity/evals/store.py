@@ -43,7 +43,7 @@ from dsparity.errors import DsparityError
 from dsparity.evals.backends.base import Completion
 
 # Bump with a function in MIGRATIONS: an older database is brought up to date when it is opened.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 MAX_TEXT_CHARS = 2_000_000  # a runaway answer is kept truncated and flagged, not stored whole
 
 metadata = MetaData()
@@ -92,6 +92,7 @@ samples = Table(
     Column("error_class", String(32)),
     Column("cached", Integer, nullable=False, default=0),
     Column("created_at", Float, nullable=False),
+    Column("scores", JSON),  # log-likelihood answers: one packed SpanScores per span
     UniqueConstraint("run_id", "task", "doc_id", "repeat", name="uq_sample"),
 )
 
@@ -176,7 +177,13 @@ def _migrate_to_2(c: Connection) -> None:
         table.create(c, checkfirst=True)
 
 
-MIGRATIONS = {2: _migrate_to_2}  # version -> step from version - 1; each step is idempotent
+def _migrate_to_3(c: Connection) -> None:
+    """Log-likelihood tasks: a sample keeps its per-token scores."""
+    if "scores" not in {col["name"] for col in inspect(c).get_columns("samples")}:
+        c.exec_driver_sql("ALTER TABLE samples ADD COLUMN scores JSON")
+
+
+MIGRATIONS = {2: _migrate_to_2, 3: _migrate_to_3}  # version -> step from version - 1; idempotent
 
 
 def default_url() -> str:
@@ -491,7 +498,7 @@ def _write_sample(c, r: SampleRecord) -> None:
                completion_tokens=usage.completion_tokens, reasoning_tokens=usage.reasoning_tokens,
                usage=r.completion.to_dict()["usage"], latency_s=r.completion.latency_s,
                error=r.completion.error, error_class=r.completion.error_class,
-               created_at=time.time(), **r.fields)
+               scores=r.completion.scores, created_at=time.time(), **r.fields)
     where = (samples.c.run_id == r.run_id, samples.c.task == r.key.task,
              samples.c.doc_id == r.key.doc_id, samples.c.repeat == r.key.repeat)
     existing = c.execute(select(samples.c.error).where(*where)).first()

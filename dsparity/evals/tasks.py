@@ -11,7 +11,9 @@ wheel ships) or, in a checkout, at the repository's `tasks/`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import logging
 import os
@@ -23,7 +25,7 @@ from typing import Any
 import yaml
 
 from dsparity.errors import DsparityError
-from dsparity.evals.backends.base import Request
+from dsparity.evals.backends.base import Request, ScoreRequest, Span
 from dsparity.evals.graders import GRADERS
 from dsparity.evals.taskgen.cache import GenOptions
 
@@ -43,6 +45,10 @@ def _find_builtin_tasks() -> Path:
 BUILTIN_TASKS = _find_builtin_tasks()
 
 REQUIRED_FIELDS = ("task", "output_type", "doc_to_text", "doc_to_target")
+# lm-eval's output types: generation, and the log-likelihood family with its default grader.
+OUTPUT_TYPES = {"generate_until": "exact", "multiple_choice": "loglikelihood",
+                "loglikelihood": "loglikelihood", "loglikelihood_rolling": "fidelity"}
+SCORE_TYPES = ("multiple_choice", "loglikelihood", "loglikelihood_rolling")
 OPTIONAL_SUITES = {"hub"}  # only run when asked for by name: they need the Hugging Face hub
 # Fields each grader reads from a task's documents (checked on the JSONL data when validating).
 GRADER_DOC_FIELDS = {
@@ -66,7 +72,7 @@ class TaskItem:
     doc_id: int
     doc: dict[str, Any]
     target: str
-    request: Request
+    request: Request | ScoreRequest
     doc_hash: str
     prompt_hash: str
 
@@ -82,10 +88,16 @@ class TaskSpec:
     items: list[TaskItem] = field(default_factory=list)
     task_hash: str = ""
     config: dict[str, Any] = field(default_factory=dict)  # the YAML as read (for list/show)
+    output_type: str = "generate_until"
 
     @property
     def needs_hub(self) -> bool:
         return bool(self.settings.get("needs_hub"))
+
+    @property
+    def scored(self) -> bool:
+        """A log-likelihood task (its items are ScoreRequests, not chat requests)."""
+        return self.output_type in SCORE_TYPES
 
 
 def sha(obj: Any) -> str:
@@ -139,14 +151,26 @@ def _read_spec(path: Path) -> TaskSpec | None:
         if key not in config:
             raise DsparityError(str(path), key, "missing required field",
                                 f"add `{key}:` (lm-eval task schema)")
-    if config["output_type"] != "generate_until":
-        raise DsparityError(str(path), "output_type", f"{config['output_type']!r} is not supported",
-                            "dsparity runs generation tasks: use generate_until")
+    output_type = config["output_type"]
+    if output_type not in OUTPUT_TYPES:
+        raise DsparityError(str(path), "output_type", f"{output_type!r} is not an lm-eval output type",
+                            f"use one of: {', '.join(OUTPUT_TYPES)}")
+    if output_type == "multiple_choice" and "doc_to_choice" not in config:
+        raise DsparityError(str(path), "doc_to_choice", "missing: a multiple_choice task needs its "
+                            "choices", "add `doc_to_choice:` (a field name, a list, or a template)")
+    if output_type in SCORE_TYPES and "process_results" in config:
+        raise DsparityError(str(path), "process_results", "a custom process_results function is not "
+                            "supported for log-likelihood tasks (dsparity re-grades stored scores "
+                            "without the task's code)", "remove it and use acc / acc_norm metrics")
     settings = (config.get("metadata") or {}).get("dsparity") or {}
     if not isinstance(settings, dict):
         raise DsparityError(str(path), "metadata.dsparity", "must be a mapping",
                             "write dsparity settings as key: value pairs under metadata.dsparity")
-    grader = settings.get("grader", "exact")
+    grader = settings.get("grader", OUTPUT_TYPES[output_type])
+    if (grader in ("loglikelihood", "fidelity")) != (output_type in SCORE_TYPES):
+        raise DsparityError(str(path), "metadata.dsparity.grader",
+                            f"grader {grader!r} does not fit output_type {output_type!r}",
+                            f"use grader {OUTPUT_TYPES[output_type]!r} (or leave it out)")
     if grader not in GRADERS:
         raise DsparityError(str(path), "metadata.dsparity.grader", f"unknown grader {grader!r}",
                             f"use one of: {', '.join(sorted(GRADERS))}")
@@ -161,7 +185,8 @@ def _read_spec(path: Path) -> TaskSpec | None:
         exc.task_name, exc.suite = str(config["task"]), str(settings.get("suite", "custom"))
         raise
     return TaskSpec(name=str(config["task"]), suite=str(settings.get("suite", "custom")),
-                    grader=grader, settings=settings, yaml_path=path, config=config)
+                    grader=grader, settings=settings, yaml_path=path, config=config,
+                    output_type=output_type)
 
 
 def _data_file(path: Path, config: dict) -> Path | None:
@@ -236,7 +261,7 @@ def count_items(spec: TaskSpec, options: GenOptions | None = None) -> int | None
     generator = kwargs.get("generator")
     if generator == "reasoning":
         return options.size or int(spec.settings.get("default_size", 12))
-    if generator == "longctx":
+    if generator in ("longctx", "fidelity"):
         lengths = options.lengths or spec.settings.get("lengths") or (1024, 2048, 4096, 8192)
         return (options.size or int(spec.settings.get("default_size", 4))) * len(lengths)
     if generator == "humaneval":
@@ -300,7 +325,10 @@ def build_items(specs: list[TaskSpec], task_dirs: list[Path], *, limit: int | No
         task = loaded[spec.name]
         docs = list(task.eval_docs)
         spec.n_docs = len(docs)
-        spec.items = [_make_item(spec, task, i, doc) for i, doc in enumerate(docs[:limit])]
+        if spec.scored:
+            spec.items = _score_items(spec, task, docs, limit)
+        else:
+            spec.items = [_make_item(spec, task, i, doc) for i, doc in enumerate(docs[:limit])]
         spec.task_hash = sha([spec.name, spec.settings, task.config.to_dict(keep_callable=False)
                               if hasattr(task.config, "to_dict") else {},
                               [it.doc_hash for it in spec.items]])
@@ -375,6 +403,69 @@ def _make_item(spec: TaskSpec, task, doc_id: int, doc: dict) -> TaskItem:
     )
     return TaskItem(task=spec.name, doc_id=doc_id, doc=dict(doc), target=str(target),
                     request=request, doc_hash=sha(dict(doc)), prompt_hash=sha(prompt))
+
+
+def _score_items(spec: TaskSpec, task, docs: list[dict], limit: int | None) -> list[TaskItem]:
+    """Log-likelihood items from lm-eval's own requests (its contexts, few-shot examples, target
+    delimiter and choices), one ScoreRequest per document; no chat template.
+
+    Generated documents that carry `tokens` (the fidelity suite) are scored as those very tokens,
+    after the tokenizer's prefix token, so two models with one tokenizer score identical input."""
+    n = len(docs) if limit is None else min(limit, len(docs))
+    with contextlib.redirect_stderr(io.StringIO()):  # lm-eval's own progress bar: not ours to show
+        task.build_all_requests(limit=n, rank=0, world_size=1)
+    spans: dict[int, list] = {}
+    for inst in sorted(task.instances, key=lambda i: (i.doc_id, i.idx)):
+        spans.setdefault(inst.doc_id, []).append(inst.arguments)
+    top_n = int(spec.settings.get("top_n", 0))
+    items = []
+    for doc_id in range(n):
+        doc = dict(docs[doc_id])
+        args = spans.get(doc_id)
+        if not args:
+            raise DsparityError(str(spec.yaml_path), f"document {doc_id}", "lm-eval built no request",
+                                "check doc_to_text / doc_to_target / doc_to_choice")
+        if "tokens" in doc:
+            parts = (Span((int(doc["prefix_token"]),), tuple(int(t) for t in doc["tokens"])),)
+        elif spec.output_type == "loglikelihood_rolling":
+            parts = (Span("", str(a[0])) for a in args)
+        else:
+            parts = (Span(str(a[0]), str(a[1])) for a in args)
+        request = ScoreRequest(tuple(parts), top_n=top_n,
+                               rolling=spec.output_type == "loglikelihood_rolling")
+        stored = {k: v for k, v in doc.items() if k != "tokens"}  # the request holds them
+        stored["_lm_eval"] = _scoring_info(spec, task, doc)
+        target = stored["_lm_eval"].get("target_text", "")
+        items.append(TaskItem(task=spec.name, doc_id=doc_id, doc=stored, target=target,
+                              request=request, doc_hash=sha(doc),
+                              prompt_hash=sha(request.to_dict())))
+    return items
+
+
+def _scoring_info(spec: TaskSpec, task, doc: dict) -> dict[str, Any]:
+    """What the log-likelihood grader needs to score an item as lm-eval does, decided by lm-eval
+    itself when the items are built (choices, gold index, metrics), so re-grading needs no task
+    code."""
+    info: dict[str, Any] = {"output_type": spec.output_type,
+                            "metrics": sorted(getattr(task, "_metric_fn_list", {}) or {})}
+    if spec.output_type == "multiple_choice":
+        choices = [str(c) for c in task.doc_to_choice(doc)]
+        gold = task.doc_to_text(doc) if task.multiple_input else task.doc_to_target(doc)
+        golds = gold if isinstance(gold, list) else [gold]
+        indices = [choices.index(g) if isinstance(g, str) and g in choices else
+                   int(g) if isinstance(g, int) and 0 <= g < len(choices) else -100 for g in golds]
+        if -100 in indices:
+            raise DsparityError(str(spec.yaml_path), "doc_to_target",
+                                f"gold {gold!r} is not one of the {len(choices)} choices",
+                                "make doc_to_target an index into doc_to_choice or one of its texts")
+        info.update(choices=choices, gold=indices, multiple_target=bool(task.multiple_target),
+                    target_text=" | ".join(choices[i] for i in indices))
+    elif spec.output_type == "loglikelihood":
+        info["target_text"] = str(task.doc_to_target(doc))
+    else:
+        text = str(task.doc_to_target(doc))
+        info.update(words=task.count_words(text), bytes=task.count_bytes(text))
+    return info
 
 
 def load_tasks(*, suites: list[str] | None = None, names: list[str] | None = None,

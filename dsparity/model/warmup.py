@@ -170,10 +170,26 @@ def _threads(n: int):
 def _progress(enabled: bool):
     if not enabled:
         return nullcontext(None)
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+    from rich.text import Text
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[info]}"), TimeElapsedColumn(), transient=False)
+    class InfoColumn(ProgressColumn):
+        """A task's `info` field, empty for tasks that set none (a missing field must not crash
+        the first-use warm-up)."""
+
+        def render(self, task) -> Text:
+            return Text(str(task.fields.get("info", "")))
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), InfoColumn(),
+                    TimeElapsedColumn(), transient=False, console=Console(stderr=True))
 
 
 def train_indexers(model, train: CapturedTargets, heldout: CapturedTargets, cfg: WarmupConfig,

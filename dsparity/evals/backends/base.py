@@ -1,4 +1,5 @@
-"""The backend contract: `async generate(Request) -> Completion`, and the data at that seam."""
+"""The backend contract: `async generate(Request) -> Completion` for chat, `async score(ScoreRequest)
+-> Completion` for log-likelihoods, and the data at that seam."""
 
 from __future__ import annotations
 
@@ -39,6 +40,62 @@ class Request:
         )
 
 
+@dataclass(frozen=True)
+class Span:
+    """One log-likelihood question: how likely is `continuation` after `context`?
+
+    Text (tokenized by the backend as lm-eval's `hf` model does) or token ids (the task tokenized
+    them, so two models with one tokenizer score the very same tokens). `context` empty with text
+    means "score the whole continuation" (lm-eval's rolling log-likelihood): a text longer than
+    the model's context is scored in windows that keep as much context as the model can see.
+    """
+
+    context: str | tuple[int, ...] = ""
+    continuation: str | tuple[int, ...] = ""
+
+    @property
+    def tokenized(self) -> bool:
+        return isinstance(self.continuation, tuple)
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.tokenized:
+            return {"context_tokens": list(self.context), "continuation_tokens": list(self.continuation)}
+        return {"context": self.context, "continuation": self.continuation}
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> Span:
+        if "continuation_tokens" in d:
+            return Span(tuple(d["context_tokens"]), tuple(d["continuation_tokens"]))
+        return Span(d["context"], d["continuation"])
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    """The log-likelihood requests of one item (a multiple-choice question has one span per
+    choice), answered together. `top_n` > 0 also asks for the N most likely tokens per position."""
+
+    spans: tuple[Span, ...]
+    top_n: int = 0
+    rolling: bool = False  # whole-text scoring: per-token log-probs over the full continuation
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "score", "spans": [s.to_dict() for s in self.spans], "top_n": self.top_n,
+                "rolling": self.rolling}
+
+    def key(self) -> str:
+        blob = json.dumps(self.to_dict(), sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> ScoreRequest:
+        return ScoreRequest(tuple(Span.from_dict(s) for s in d["spans"]), int(d.get("top_n", 0)),
+                            bool(d.get("rolling", False)))
+
+
+def request_from_dict(d: dict[str, Any]) -> Request | ScoreRequest:
+    return ScoreRequest.from_dict(d) if d.get("kind") == "score" else Request.from_dict(d)
+
+
 @dataclass
 class Usage:
     prompt_tokens: int = 0
@@ -59,6 +116,8 @@ class Completion:
     latency_s: float = 0.0
     error: str | None = None
     error_class: str | None = None  # e.g. timeout, rate_limit, server_error, connection, protocol
+    # Log-likelihood answers (ScoreRequest): one packed `scoring.SpanScores` dict per span.
+    scores: list[dict[str, Any]] | None = None
 
     @property
     def ok(self) -> bool:
@@ -73,7 +132,8 @@ class Completion:
 
 
 class Backend(Protocol):
-    """Anything that answers chat requests. The runner never knows which one it talks to."""
+    """Anything that answers chat and log-likelihood requests. The runner never knows which one
+    it talks to."""
 
     identity: dict[str, Any]  # what makes two answers comparable: model, endpoint, revision, settings
     concurrency: int
@@ -82,6 +142,10 @@ class Backend(Protocol):
         """Load weights or preflight the endpoint; raise DsparityError when unusable."""
 
     async def generate(self, request: Request) -> Completion: ...
+
+    async def score(self, request: ScoreRequest) -> Completion:
+        """Log-probabilities of each span's continuation (Completion.scores); an endpoint that
+        cannot give them fails its preflight or returns an error, never a made-up number."""
 
     async def close(self) -> None: ...
 

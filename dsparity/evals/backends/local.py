@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from dsparity.errors import DsparityError
-from dsparity.evals.backends.base import Completion, Request, Usage
+from dsparity.evals.backends.base import Completion, Request, ScoreRequest, Usage
 from dsparity.evals.specs import ModelSpec
 
 
@@ -31,8 +31,9 @@ class LocalBackend:
                                                      if k in ("attention", "topk", "dtype", "sink",
                                                               "block_size")}}
         self._lock = threading.Lock()  # one forward pass at a time, whatever the caller's loop
-        self._pending: list[tuple[Request, asyncio.Future]] = []
+        self._pending: list[tuple[Request, asyncio.Future, threading.Event]] = []
         self._draining = False
+        self._cancels: set[threading.Event] = set()  # every request queued or running
 
     @property
     def queued(self) -> int:
@@ -72,33 +73,83 @@ class LocalBackend:
         )
         if resolved.source.startswith(("hf:", "modelscope:")):  # the pinned hub snapshot
             self.identity["source"] = resolved.source
+        self.identity["shape"] = model_shape(model)
 
-    async def generate(self, request: Request) -> Completion:
+
+    def context_length(self) -> int:
+        from dsparity.evals.backends.local_scoring import max_length
+
+        return max_length(self.model, self.tokenizer)
+
+    def vocab_size(self) -> int:
+        return int(self.model.get_input_embeddings().num_embeddings)
+
+    def prompt_tokens(self, request: Request) -> int:
+        return len(self.tokenizer.apply_chat_template(_messages(request), add_generation_prompt=True,
+                                                      tokenize=True, return_dict=False))
+
+    def cancel_all(self) -> None:
+        """Stop everything queued or running (at the next token): the server is shutting down."""
+        for event in list(self._cancels):
+            event.set()
+
+    async def generate(self, request: Request, cancel: threading.Event | None = None) -> Completion:
+        """Queue a chat request; `cancel` set while it waits drops it, while it runs stops it at
+        the next token (the answer so far comes back with finish reason "cancelled")."""
+        cancel = cancel or threading.Event()
         future = asyncio.get_running_loop().create_future()
-        self._pending.append((request, future))
+        self._pending.append((request, future, cancel))
+        self._cancels.add(cancel)
         if not self._draining:
             self._draining = True
             asyncio.get_running_loop().create_task(self._drain())
-        return await future
+        try:
+            return await future
+        finally:
+            self._cancels.discard(cancel)
+
+    async def run_exclusive(self, fn, cancel: threading.Event | None = None):
+        """Run `fn(cancel)` on the model in a worker thread, alone (no batch shares the model)."""
+        cancel = cancel or threading.Event()
+        self._cancels.add(cancel)
+
+        def locked():
+            with self._lock:
+                return fn(cancel)
+
+        try:
+            return await asyncio.to_thread(locked)
+        finally:
+            self._cancels.discard(cancel)
 
     async def _drain(self) -> None:
         try:
             while self._pending:
                 batch = self._take_batch()
+                if not batch:
+                    continue
                 start = time.perf_counter()
                 try:
-                    completions = await asyncio.to_thread(self._run_locked, [r for r, _ in batch])
+                    completions = await asyncio.to_thread(self._run_locked, [r for r, _, _ in batch],
+                                                          [c for _, _, c in batch])
                 except Exception as exc:  # a crash inside the model fails these samples, not the run
                     completions = [Completion(error=f"{type(exc).__name__}: {exc}",
                                               error_class="local_error") for _ in batch]
-                for (_, future), completion in zip(batch, completions, strict=True):
+                for (_, future, _), completion in zip(batch, completions, strict=True):
                     completion.latency_s = time.perf_counter() - start
                     if not future.done():
                         future.set_result(completion)
         finally:
             self._draining = False
 
-    def _take_batch(self) -> list[tuple[Request, asyncio.Future]]:
+    def _take_batch(self) -> list[tuple[Request, asyncio.Future, threading.Event]]:
+        for item in [i for i in self._pending if i[2].is_set()]:  # cancelled while queued
+            self._pending.remove(item)
+            if not item[1].done():
+                item[1].set_result(Completion(error="cancelled before it started",
+                                              error_class="cancelled"))
+        if not self._pending:
+            return []
         first = self._pending.pop(0)
         batch = [first]
         if first[0].temperature == 0:
@@ -110,11 +161,12 @@ class LocalBackend:
                     self._pending.remove(item)
         return batch
 
-    def _run_locked(self, requests: list[Request]) -> list[Completion]:
+    def _run_locked(self, requests: list[Request], cancels: list[threading.Event]) -> list[Completion]:
         with self._lock:
-            return generate_batch(self.model, self.tokenizer, requests)
+            return generate_batch(self.model, self.tokenizer, requests, cancels=cancels)
 
-    async def stream(self, request: Request) -> AsyncIterator[str | Completion]:
+    async def stream(self, request: Request,
+                     cancel: threading.Event | None = None) -> AsyncIterator[str | Completion]:
         """Yield text pieces as they are generated, then the final Completion.
 
         A piece is held back while it could still be the start of a stop string, so a client
@@ -124,32 +176,58 @@ class LocalBackend:
 
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True,
                                         timeout=600)
+        cancel = cancel or threading.Event()
+        self._cancels.add(cancel)
         loop = asyncio.get_running_loop()
-        done = loop.run_in_executor(None, self._run_streaming, request, streamer)
+        done = loop.run_in_executor(None, self._run_streaming, request, streamer, cancel)
         pieces, text, emitted = iter(streamer), "", 0
         hold = max((len(s) for s in request.stop), default=1) - 1
-        while (piece := await asyncio.to_thread(next, pieces, None)) is not None:
-            text += piece
-            cut, stopped = cut_at_stop(text, request.stop)
-            safe = cut if stopped else text[:max(emitted, len(text) - hold)]
-            if len(safe) > emitted:
-                yield safe[emitted:]
-                emitted = len(safe)
-        completion = await done
-        if completion.text.startswith(text[:emitted]) and len(completion.text) > emitted:
-            yield completion.text[emitted:]
-        yield completion
+        try:
+            while (piece := await asyncio.to_thread(next, pieces, None)) is not None:
+                text += piece
+                cut, stopped = cut_at_stop(text, request.stop)
+                safe = cut if stopped else text[:max(emitted, len(text) - hold)]
+                if len(safe) > emitted:
+                    yield safe[emitted:]
+                    emitted = len(safe)
+            completion = await done
+            if completion.text.startswith(text[:emitted]) and len(completion.text) > emitted:
+                yield completion.text[emitted:]
+            yield completion
+        finally:  # the client went away (the generator was closed): stop generating
+            cancel.set()
+            self._cancels.discard(cancel)
 
-    def _run_streaming(self, request: Request, streamer) -> Completion:
+    def _run_streaming(self, request: Request, streamer, cancel: threading.Event) -> Completion:
         start = time.perf_counter()
         try:
             with self._lock:
-                completion = generate_batch(self.model, self.tokenizer, [request], streamer=streamer)[0]
+                completion = generate_batch(self.model, self.tokenizer, [request], streamer=streamer,
+                                            cancels=[cancel])[0]
         except Exception as exc:
             streamer.end()  # release the consumer
             completion = Completion(error=f"{type(exc).__name__}: {exc}", error_class="local_error")
         completion.latency_s = time.perf_counter() - start
         return completion
+
+    async def score(self, request: ScoreRequest) -> Completion:
+        """Log-likelihoods of each span, exact, on the model's own attention path."""
+        start = time.perf_counter()
+        try:
+            completion = await asyncio.to_thread(self._score_locked, request)
+        except Exception as exc:  # a crash inside the model fails this sample, not the run
+            completion = Completion(error=f"{type(exc).__name__}: {exc}", error_class="local_error")
+        completion.latency_s = time.perf_counter() - start
+        return completion
+
+    def _score_locked(self, request: ScoreRequest) -> Completion:
+        from dsparity.evals.backends.local_scoring import score_request
+
+        with self._lock:
+            spans = score_request(self.model, self.tokenizer, request)
+        tokens = sum(s.n + s.first_position for s in spans)
+        return Completion(finish_reason="scored", scores=[s.pack() for s in spans],
+                          usage=Usage(prompt_tokens=tokens))
 
     async def close(self) -> None:
         self.model = None
@@ -209,13 +287,30 @@ def _pick_device(spec: ModelSpec) -> str:
     return device
 
 
-def generate_batch(model, tokenizer, requests: list[Request], *, streamer=None) -> list[Completion]:
+def _messages(request: Request) -> list[dict[str, str]]:
+    return [{"role": r, "content": c} for r, c in request.messages]
+
+
+def cancel_criteria(cancels: list[threading.Event]):
+    """A stopping criterion that ends generation once every request of the batch is cancelled."""
+    import torch
+    from transformers import StoppingCriteria
+
+    class Cancelled(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            stop = all(c.is_set() for c in cancels)
+            return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
+
+    return Cancelled()
+
+
+def generate_batch(model, tokenizer, requests: list[Request], *, streamer=None,
+                   cancels: list[threading.Event] | None = None) -> list[Completion]:
     """Run chat requests through a transformers model together; cut at stop strings ourselves."""
     import torch
 
     first = requests[0]
-    prompts = [tokenizer.apply_chat_template([{"role": r, "content": c} for r, c in req.messages],
-                                             add_generation_prompt=True, tokenize=False)
+    prompts = [tokenizer.apply_chat_template(_messages(req), add_generation_prompt=True, tokenize=False)
                for req in requests]
     enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
     sampling = first.temperature > 0
@@ -230,12 +325,18 @@ def generate_batch(model, tokenizer, requests: list[Request], *, streamer=None) 
         kwargs.update(temperature=None, top_p=None, top_k=None)
     if first.stop:
         kwargs.update(stop_strings=list(first.stop), tokenizer=tokenizer)
+    if cancels:
+        kwargs.update(stopping_criteria=[cancel_criteria(cancels)])
     with torch.inference_mode():
         out = model.generate(**enc, **kwargs)
     eos = set(_as_list(model.generation_config.eos_token_id) + _as_list(tokenizer.eos_token_id))
     prompt_len = enc["input_ids"].shape[1]
-    return [_completion(tokenizer, out[i, prompt_len:].tolist(), req, int(enc["attention_mask"][i].sum()),
+    done = [_completion(tokenizer, out[i, prompt_len:].tolist(), req, int(enc["attention_mask"][i].sum()),
                         eos) for i, req in enumerate(requests)]
+    for completion, cancel in zip(done, cancels or [], strict=False):
+        if cancel.is_set():
+            completion.finish_reason = "cancelled"
+    return done
 
 
 def _completion(tokenizer, new_tokens: list[int], request: Request, prompt_tokens: int,
@@ -263,3 +364,20 @@ def _as_list(value) -> list:
     if value is None:
         return []
     return list(value) if isinstance(value, list | tuple) else [value]
+
+
+def model_shape(model) -> dict[str, int] | None:
+    """The sizes that decide FLOPs per token (the report's cost-by-position curve)."""
+    c = model.config
+    try:
+        heads = int(c.num_attention_heads)
+        shape = {"layers": int(c.num_hidden_layers), "hidden": int(c.hidden_size), "heads": heads,
+                 "kv_heads": int(getattr(c, "num_key_value_heads", None) or heads),
+                 "head_dim": int(getattr(c, "head_dim", None) or c.hidden_size // heads),
+                 "intermediate": int(c.intermediate_size), "vocab": int(c.vocab_size)}
+    except (AttributeError, TypeError):
+        return None
+    runtime = getattr(model, "dsa_runtime", None)
+    if runtime is not None:
+        shape.update(index_heads=runtime.config.index_n_heads, index_dim=runtime.config.index_head_dim)
+    return shape

@@ -14,11 +14,13 @@ import time
 from typing import Any
 from urllib.parse import urlparse
 
+import numpy as np
 import openai
+from openai.types import Completion as TextCompletion
 from openai.types.chat import ChatCompletion
 
 from dsparity.errors import DsparityError
-from dsparity.evals.backends.base import Completion, Request, Usage
+from dsparity.evals.backends.base import Completion, Request, ScoreRequest, Span, Usage
 from dsparity.evals.backends.limits import CoolDown, RateLimiter
 from dsparity.evals.specs import ModelSpec
 
@@ -61,6 +63,7 @@ class OpenAIBackend:
         self._limiter = RateLimiter(spec.opt("rpm"), spec.opt("tpm"))
         self._cool_down = CoolDown()
         self.attempts = 0  # requests actually put on the wire (all replicas, all retries)
+        self.max_model_len: int | None = None  # from /models where the server says (vLLM, ours)
 
     async def start(self) -> None:
         try:
@@ -76,6 +79,10 @@ class OpenAIBackend:
         try:
             models = await replica.client.models.list()
             names = [m.id for m in models.data]
+            for m in models.data:
+                length = (m.model_extra or {}).get("max_model_len") if m.id == self.spec.name else None
+                if isinstance(length, int) and length > 0:
+                    self.max_model_len = min(length, self.max_model_len or length)
         except openai.AuthenticationError:
             raise DsparityError(where, "api key", f"{replica.url} rejected the API key",
                                 "check the key in the environment variable") from None
@@ -89,16 +96,49 @@ class OpenAIBackend:
             raise DsparityError(where, "model", f"{self.spec.name!r} is not served at {replica.url}",
                                 f"use one of: {', '.join(names[:10])}")
 
+    async def check_scoring(self) -> None:
+        """Fail fast when the endpoint cannot echo prompt log-probs (log-likelihood tasks)."""
+        probe = ScoreRequest((Span("The capital of France is", " Paris"),), top_n=1)
+        for replica in self.replicas:
+            try:
+                result = await self._score_once(replica, probe)
+            except openai.APIStatusError as exc:
+                problem = f"POST {replica.url}/completions answered HTTP {exc.status_code}"
+            except (openai.APIConnectionError, openai.APITimeoutError) as exc:
+                problem = f"POST {replica.url}/completions failed ({type(exc).__name__})"
+            except (_Incomplete, ValueError, KeyError, TypeError, AttributeError) as exc:
+                problem = f"{replica.url}/completions gave no prompt log-probs ({exc})"
+            else:
+                if result.scores and result.scores[0]["n"] > 0:
+                    continue
+                problem = f"{replica.url}/completions scored no token"
+            raise DsparityError(f"model spec {self.spec.text}", "/v1/completions",
+                                f"{problem}: this endpoint cannot echo prompt log-probs, which "
+                                "log-likelihood tasks need",
+                                "serve the model with vLLM, SGLang or `dsparity serve`, or run only "
+                                "generation tasks against it")
+
+    def context_length(self) -> int | None:
+        return self.max_model_len
+
     async def generate(self, request: Request) -> Completion:
+        return await self._timed(request, self._stream if self.stream else self._once)
+
+    async def score(self, request: ScoreRequest) -> Completion:
+        """Log-likelihoods through `POST /completions` with `echo` and `logprobs` (as vLLM,
+        SGLang and lm-eval's `local-completions` do): one prompt per span, all in one request."""
+        return await self._timed(request, self._score_once)
+
+    async def _timed(self, request, call) -> Completion:
         async with self._slots:
             start = time.perf_counter()
-            completion = await self._with_retries(request)
+            completion = await self._with_retries(request, call)
             completion.latency_s = time.perf_counter() - start
             return completion
 
-    async def _with_retries(self, request: Request) -> Completion:
+    async def _with_retries(self, request: Request | ScoreRequest, call) -> Completion:
         last = Completion(error="no attempt", error_class="internal")
-        estimate = sum(len(c) for _, c in request.messages) // 4 + request.max_tokens
+        estimate = _token_estimate(request)
         for attempt in range(self.retries + 1):
             await self._cool_down.wait()
             await self._limiter.acquire(estimate)
@@ -108,8 +148,7 @@ class OpenAIBackend:
             self.attempts += 1
             delay = _backoff(attempt)
             try:
-                return await (self._stream(replica, request) if self.stream
-                              else self._once(replica, request))
+                return await call(replica, request)
             except openai.APIStatusError as exc:
                 last = self._error(f"HTTP {exc.status_code} from {replica.url}",
                                    _status_class(exc.status_code))
@@ -187,6 +226,22 @@ class OpenAIBackend:
         return Completion(text="".join(text), reasoning="".join(reasoning), finish_reason=finish,
                           usage=usage)
 
+    async def _score_once(self, replica: _Replica, request: ScoreRequest) -> Completion:
+        tokenized = request.spans[0].tokenized
+        prompts = [list(s.context) + list(s.continuation) if tokenized else s.context + s.continuation
+                   for s in request.spans]
+        body: dict[str, Any] = {"model": self.spec.name, "prompt": prompts, "echo": True,
+                                "logprobs": max(1, request.top_n), "max_tokens": 1, "temperature": 0}
+        if tokenized:  # vLLM's extension: tokens named "token_id:N", so alternatives map to ids
+            body["return_tokens_as_token_ids"] = True
+        resp = await replica.client.post("/completions", body=body, cast_to=TextCompletion)
+        choices = sorted(resp.choices, key=lambda c: c.index)
+        if len(choices) != len(prompts):
+            raise _Incomplete(f"{len(choices)} choices for {len(prompts)} prompts")
+        scores = [_span_scores(span, choice.logprobs, request.top_n).pack()
+                  for span, choice in zip(request.spans, choices, strict=True)]
+        return Completion(finish_reason="scored", scores=scores, usage=_usage(resp.usage))
+
     async def close(self) -> None:
         for replica in self.replicas:
             await replica.client.close()
@@ -194,6 +249,62 @@ class OpenAIBackend:
 
 class _Incomplete(Exception):
     """A 200 answer that carries no usable completion (retried like a server fault)."""
+
+
+def _token_estimate(request: Request | ScoreRequest) -> int:
+    if isinstance(request, ScoreRequest):
+        return sum(len(s.context) + len(s.continuation) if s.tokenized else
+                   (len(s.context) + len(s.continuation)) // 4 for s in request.spans)
+    return sum(len(c) for _, c in request.messages) // 4 + request.max_tokens
+
+
+def _span_scores(span: Span, logprobs, top_n: int):
+    """The continuation's part of an echoed prompt: by token count for token-id prompts, by
+    character offset for text prompts (a token that straddles the boundary counts as
+    continuation, as the first token the context did not fully determine)."""
+    from dsparity.evals.logprobs import SpanScores
+
+    if logprobs is None or logprobs.token_logprobs is None:
+        raise _Incomplete("the answer has no logprobs")
+    lps, tops = logprobs.token_logprobs, logprobs.top_logprobs or []
+    if span.tokenized:
+        start, end = len(span.context), len(span.context) + len(span.continuation)
+    else:
+        offsets = logprobs.text_offset or []
+        cut, whole = len(span.context), len(span.context) + len(span.continuation)
+        start = next((i for i, o in enumerate(offsets) if o + len(logprobs.tokens[i]) > cut), len(offsets))
+        end = next((i for i, o in enumerate(offsets) if o >= whole), len(offsets))
+        start = max(start, 1)  # the first token of a prompt has no log-prob
+    if end > len(lps) or start >= end or any(v is None for v in lps[start:end]):
+        raise _Incomplete("the echoed prompt has no log-probs for the continuation")
+    n = end - start
+    tokens = [_token_key(t) for t in logprobs.tokens[start:end]]
+    top_ids = top_lps = None
+    greedy = np.ones(n, dtype=bool)
+    width = max(1, top_n)
+    keyed = [_token_key(k) for row in tops[start:end] for k in (row or {})]
+    as_ids = all(isinstance(k, int) for k in keyed + tokens)
+    top_ids = np.full((n, width), -1 if as_ids else "", dtype=np.int32 if as_ids else object)
+    top_lps = np.full((n, width), -np.inf, dtype=np.float32)
+    for i, row in enumerate(tops[start:end]):
+        items = sorted(((v, _token_key(k)) for k, v in (row or {}).items()), key=lambda x: -x[0])
+        if items:
+            greedy[i] = lps[start + i] >= items[0][0]
+        for j, (v, k) in enumerate(items[:width]):
+            top_ids[i, j], top_lps[i, j] = k, v
+    if not as_ids:
+        top_ids = top_ids.astype(str)
+    return SpanScores(logprobs=np.asarray(lps[start:end], dtype=np.float64), greedy=greedy,
+                      tokens=np.asarray(tokens, dtype=np.int32 if as_ids else str),
+                      top_ids=top_ids if top_n else None, top_logprobs=top_lps if top_n else None,
+                      first_position=start)
+
+
+def _token_key(token: str) -> int | str:
+    """`token_id:123` (vLLM's return_tokens_as_token_ids) -> 123; other tokens stay strings."""
+    if isinstance(token, str) and token.startswith("token_id:") and token[9:].lstrip("-").isdigit():
+        return int(token[9:])
+    return token
 
 
 def _usage(u) -> Usage:

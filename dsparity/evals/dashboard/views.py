@@ -8,6 +8,7 @@ import time
 from html import escape
 from typing import Any
 
+from dsparity.evals.logprobs import prompt_of
 from dsparity.evals.store import SampleKey, Store
 
 FILTERS = ("all", "disagreements", "regressions", "errors")
@@ -52,7 +53,7 @@ def pair_samples(store: Store, candidate_run: str, baseline_run: str) -> list[di
             key = (s["task"], s["doc_id"], s["repeat"])
             row = rows.setdefault(key, {
                 "task": s["task"], "doc_id": s["doc_id"], "repeat": s["repeat"],
-                "prompt": (s["request"].get("messages") or [{}])[-1].get("content", ""),
+                "prompt": prompt_of(s["request"]),
                 "target": s["target"], "grader": (run["tasks"].get(s["task"]) or {}).get("grader", ""),
                 "candidate": None, "baseline": None})
             row[who] = _side(s, grades.get(SampleKey(*key)))

@@ -8,6 +8,7 @@ from dsparity.evals.graders import (  # noqa: F401  (importing a module register
     choice,  # choice
     code,  # code, stdio
     judge,  # judge
+    loglikelihood,  # loglikelihood, fidelity
     maths,  # math
     web,  # web
     writing,  # writing, longform

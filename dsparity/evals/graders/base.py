@@ -15,6 +15,7 @@ class GradeInput:
     target: str
     doc: dict[str, Any]
     finish_reason: str | None = None
+    scores: list[dict[str, Any]] | None = None  # log-likelihood tasks: packed SpanScores per span
 
 
 @dataclass

@@ -15,8 +15,8 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from dsparity.evals.graders.base import Grade, GradeInput, register
+from dsparity.evals.graders.sandbox import preflight, run_program
 from dsparity.evals.graders.text import strip_reasoning
-from dsparity.evals.sandbox import preflight, run_program
 
 _FENCE = re.compile(r"```[ \t]*([\w+#.-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
 _PY_TAGS = {"python", "py", "python3", "py3"}

@@ -1,5 +1,5 @@
 """Web artifact grader: the page in the answer, rendered in the system Chromium (see
-`dsparity.evals.browser`), a deterministic gate plus task checklist items by cheap pixel heuristics;
+`dsparity.evals.graders.browser`), a deterministic gate plus task checklist items by cheap pixel heuristics;
 items no heuristic covers are listed as needing a judge."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from dsparity.evals.browser import PageReport, render
 from dsparity.evals.graders.base import Grade, GradeInput, register
+from dsparity.evals.graders.browser import PageReport, render
 from dsparity.evals.graders.text import strip_reasoning
 
 ARTIFACTS_ENV = "DSPARITY_ARTIFACTS"

@@ -15,7 +15,7 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from dsparity.evals.report.charts import forest_plot_svg
+from dsparity.evals.report.charts import cost_svg, fidelity_svg, forest_plot_svg
 from dsparity.evals.specs import SERVED_DEFAULT_LABEL
 
 VERDICT_WORDS = {
@@ -23,7 +23,7 @@ VERDICT_WORDS = {
     "better": "candidate better",
     "worse": "candidate worse",
     "materially_worse": "candidate materially worse (beyond the margin)",
-    "inconclusive": "inconclusive (too few items to decide)",
+    "inconclusive": "inconclusive (the items cannot decide yet)",
 }
 
 
@@ -44,8 +44,41 @@ def _env() -> Environment:
     env.filters["heat"] = heat_color
     env.filters["png"] = embed_png
     env.filters["mdcode"] = lambda s: s.replace("\n", " ").replace("`", "'").replace("|", "\\|")
+    env.filters["nat"] = lambda v, signed=False: "n/a" if v is None else f"{v:{'+' if signed else ''}.4f}"
+    env.filters["natci"] = lambda c: "n/a" if not c or c[0] is None else f"[{c[0]:+.4f}, {c[1]:+.4f}]"
+    env.filters["power_text"] = power_text
+    env.filters["fidelity_chart"] = fidelity_svg
+    env.filters["cost_chart"] = _cost_chart
     env.globals["verdict_words"] = VERDICT_WORDS
     return env
+
+
+def power_text(row: dict[str, Any]) -> str:
+    """What an inconclusive row can resolve at its size (shown next to its verdict)."""
+    power = row.get("power") or {}
+    nats = row.get("unit", "points") != "points"
+    fmt = (lambda v: f"{v:.4f} nats") if nats else (lambda v: f"{100 * v:.1f} pts")  # noqa: E731
+    parts = []
+    if power.get("resolution") is not None:
+        parts.append(f"resolves ±{fmt(power['resolution'])} at n={row.get('n')}")
+    if power.get("mde") is not None:
+        parts.append(f"finds a loss of {fmt(power['mde'])} with 80% power")
+    if power.get("items_for_equivalence") and not power.get("can_show_equivalence"):
+        parts.append(f"≥{power['items_for_equivalence']} agreeing items show ±{fmt(row['margin'])}")
+    elif row.get("more_items_needed"):
+        parts.append(f"~{row['more_items_needed']} more items")
+    return f" ({'; '.join(parts)})" if parts else ""
+
+
+def _cost_chart(fidelity_result: dict[str, Any], comparison: dict[str, Any]) -> str:
+    identity = comparison["candidate"].get("identity") or {}
+    shape, options = identity.get("shape"), identity.get("options") or {}
+    curve = fidelity_result.get("curve") or []
+    mode = options.get("attention", "dense")
+    if not shape or mode not in ("dsa", "window") or not curve:
+        return ""  # block and oracle selections have costs of their own, not modelled here
+    return cost_svg(shape, int(options.get("topk", 256)), int(max(p["position"] for p in curve)),
+                    indexer=mode == "dsa")
 
 
 def embed_png(path: str, max_bytes: int = 2_000_000) -> str:
@@ -70,7 +103,9 @@ def reproduce_command(comparison: dict[str, Any]) -> str:
     parts = ["dsparity", "compare", "--candidate", c["model_spec"]]
     if b["label"] != SERVED_DEFAULT_LABEL:  # else the command serves the baseline itself
         parts += ["--baseline", b["model_spec"]]
-    parts += ["--suite", settings["suite"], "--margin", str(comparison["margin"])]
+    parts += ["--suite", settings["suite"]]
+    if not comparison.get("margins_from_tasks"):
+        parts += ["--margin", str(comparison["margin"])]
     if settings.get("limit"):
         parts += ["--limit", str(settings["limit"])]
     if settings.get("repeats", 1) != 1:
@@ -82,8 +117,9 @@ def render(comparison: dict[str, Any], out_dir: Path, *, name: str) -> dict[str,
     """Write name.json, name.md and name.html under out_dir; return their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     env = _env()
+    scores = [t for t in comparison["tasks"] if t.get("unit", "points") == "points"]
     context = {"c": comparison, "reproduce": reproduce_command(comparison),
-               "forest_svg": forest_plot_svg(comparison["tasks"], comparison["margin"])}
+               "forest_svg": forest_plot_svg(scores, comparison["margin"])}
     paths = {"json": out_dir / f"{name}.json", "md": out_dir / f"{name}.md",
              "html": out_dir / f"{name}.html"}
     paths["json"].write_text(json.dumps(comparison, indent=2, default=str), encoding="utf-8")

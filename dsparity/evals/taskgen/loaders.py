@@ -57,10 +57,29 @@ def generated_rows(folder: Path, *, generator: str, task: str, **kwargs) -> list
         rows, _ = materialise(task, params, lambda: longctx.generate(
             task, kind, lengths=lengths, size=size, seed=seed, tokenizer=tokenizer, haystack=haystack))
         return rows
+    if generator == "fidelity":
+        from dsparity.evals.taskgen import fidelity
+
+        size = opts.size or int(settings.get("default_size", 4))
+        lengths = list(opts.lengths or settings.get("lengths") or (4096,))
+        tokenizer = opts.tokenizer or settings.get("tokenizer") or DEFAULT_TOKENIZER
+        documents = folder / settings.get("documents", "documents.jsonl.gz")
+        _, tok_id = _tokenizer_id(tokenizer)
+        params = {"lengths": lengths, "size": size, "seed": seed, "tokenizer": tok_id,
+                  "documents": _file_sha(documents)}
+        rows, _ = materialise(task, params, lambda: fidelity.generate(
+            task, lengths=lengths, size=size, seed=seed, tokenizer=tokenizer, documents=documents))
+        return rows
     if generator == "humaneval":
         return humaneval_rows()
     raise DsparityError(task, "dataset_kwargs.generator", f"unknown generator {generator!r}",
-                        "use reasoning, longctx or humaneval")
+                        "use reasoning, longctx, fidelity or humaneval")
+
+
+def _tokenizer_id(name: str) -> tuple[object, str]:
+    from dsparity.evals.taskgen.longctx import load_tokenizer
+
+    return load_tokenizer(name)
 
 
 def humaneval_rows() -> list[dict[str, Any]]:
@@ -80,6 +99,6 @@ def _file_sha(path: Path) -> str:
     import hashlib
 
     if not path.exists():
-        raise DsparityError(str(path), "", "haystack file missing",
-                            "run tasks/longctx/make_haystack.py")
+        raise DsparityError(str(path), "", "data file missing",
+                            f"regenerate it with the make_*.py script in {path.parent}")
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]

@@ -103,7 +103,7 @@ def web_libs_dir() -> Path:
     env = os.environ.get(WEB_LIBS_ENV)
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2] / ".cache" / "web-libs"
+    return Path(__file__).resolve().parents[3] / ".cache" / "web-libs"
 
 
 def web_libs_status() -> dict[str, bool]:
@@ -327,7 +327,7 @@ def render(
 
 def _launcher(chromium: str, tmp: Path, sandbox: bool | None) -> tuple[str, str]:
     """(executable, isolation description): a bwrap wrapper script around Chromium when possible."""
-    from dsparity.evals.sandbox import bwrap_path
+    from dsparity.evals.graders.sandbox import bwrap_path
 
     bwrap = bwrap_path()
     if sandbox is False or bwrap is None:

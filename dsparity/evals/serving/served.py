@@ -19,8 +19,9 @@ def served_default(log=print):
     """Serve the dense default model on a free loopback port for the duration of a compare;
     yields the baseline's spec."""
     from dsparity.evals.specs import parse_spec
-    from dsparity.model.loading import EMBEDDED
+    from dsparity.model.loading import EMBEDDED, ensure_embedded
 
+    ensure_embedded(DEFAULT_MODEL, log)  # in this process, so a first use shows what it is doing
     port = free_port()
     cmd = [sys.executable, "-m", "dsparity.cli", "serve", "--model", f"local:{DEFAULT_MODEL}",
            "--port", str(port), "--name", DEFAULT_MODEL, "--quiet"]
