@@ -61,12 +61,12 @@ def test_warm_up_runs_with_its_progress_display_on(capsys):
     from dsparity.model import DSAConfig, WarmupConfig, convert_to_dsa, warm_up
 
     model = convert_to_dsa(tiny_model(), DSAConfig(index_topk=8, index_head_dim=16))
-    cfg = WarmupConfig(seq_len=64, train_sequences=2, heldout_sequences=1, steps=4, rows_per_step=8,
-                       eval_every=2)
+    cfg = WarmupConfig(lengths=(256,), train_sequences=2, heldout_sequences=1, steps=4, rows_per_step=8,
+                       eval_every=2, sparse_sequences=1, sparse_steps=2)
     report = warm_up(model, byte_tokenizer(), cfg, progress=True)
     assert report.final.rows > 0
     err = capsys.readouterr().err
-    assert "indexer training" in err and "dense targets" in err
+    assert "dense stage" in err and "dense targets" in err and "sparse targets" in err
 
 
 @pytest.mark.parametrize("verdict,level,fails", [

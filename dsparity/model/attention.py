@@ -25,7 +25,7 @@ import torch
 
 from dsparity import kernels
 from dsparity.model.config import DSAConfig
-from dsparity.model.metrics import kl_rows
+from dsparity.model.metrics import selected_set_kl
 from dsparity.model.selection import mode_scores
 
 DSA_ATTENTION = "dsparity_dsa"
@@ -46,10 +46,17 @@ class DSARuntime:
 
     config: DSAConfig
     enabled: bool = True
-    # Warm-up hook: capture(layer_idx, x [B,S,hidden], p [B,S,T] head-averaged dense probs).
+    # Warm-up hook: capture(layer_idx, x [B,S,hidden], p [B,R,T]): the layer's attention input
+    # and the head-averaged dense attention of query rows `capture_rows` [R] over all keys (the
+    # warm-up target, computed here from this layer's own q and k). With `capture_sparse` the
+    # layer's output is still the sparse one, so later layers see what they see at inference.
     capture: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None
-    # When not None, every layer appends its selected indices [B,S,k] here (tests, diagnostics).
+    capture_rows: torch.Tensor | None = None
+    capture_sparse: bool = False
+    # When not None, every layer appends its selected indices [B,S,k] here (tests, diagnostics);
+    # with `record_rows` [R] only those query rows, [B,R,k] (long inputs, few rows of interest).
     recorded: dict[int, list[torch.Tensor]] | None = None
+    record_rows: torch.Tensor | None = None
     # Sparse training with the LM loss (sparse_training.py): when not None, each layer appends its
     # indexer loss KL(p_S || softmax(I_S)) over the selected set (TR eq. 4) here.
     indexer_losses: list[torch.Tensor] | None = None
@@ -130,6 +137,23 @@ def dense_attention_with_probs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     return out.to(q.dtype), p_sum.div_(hq)
 
 
+def row_probs(q: torch.Tensor, k: torch.Tensor, rows: torch.Tensor, valid: torch.Tensor | None,
+              scale: float) -> torch.Tensor:
+    """Dense attention probabilities of query rows `rows` [R] averaged over heads -> [B, R, T].
+
+    q [B,S,Hq,D], k [B,T,Hkv,D]. The warm-up target p of TR eq. 3 (the L1-normalised head sum,
+    dsa.md §5.1) for the rows it trains on, without the [B, S, T] maps of every query.
+    """
+    b, s, hq, d = q.shape
+    t, hkv = k.shape[1], k.shape[2]
+    if valid is None:
+        valid = kernels.reference.causal_valid(s, t, q.device).expand(b, s, t)
+    qr = q[:, rows].float().view(b, len(rows), hkv, hq // hkv, d)  # [B, R, Hkv, G, D]
+    logits = torch.einsum("brngd,btnd->brngt", qr, k.float()) * scale
+    logits = logits.masked_fill(~valid[:, rows][:, :, None, None, :], float("-inf"))
+    return torch.softmax(logits, dim=-1).nan_to_num(0.0).mean(dim=(2, 3))
+
+
 def _indexer_scores(layer: DSALayer, t: int, valid: torch.Tensor | None,
                     train: bool = False) -> torch.Tensor:
     """Indexer scores over all T keys, masked like the attention -> [B, S, T] float32.
@@ -190,27 +214,14 @@ def _selection_scores(layer: DSALayer, q: torch.Tensor, k: torch.Tensor, t: int,
 
 
 def selected_set_loss(scores: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
-                      indices: torch.Tensor, scale: float) -> torch.Tensor:
-    """KL(p_{t,S_t} || softmax(I_{t,S_t})) averaged over rows (TR eq. 4).
-
-    p is the sparse attention's own probabilities over S_t, averaged over heads (Megatron's
-    choice, dsa.md §8.2.5 option (a)), computed from detached q/k so that this loss never
-    reaches the backbone (dsa.md §8.2.6). scores [B,S,T] carry the indexer's gradient.
-    """
-    b, s, hq, d = q.shape
-    hkv = k.shape[2]
-    idx = indices.long()
-    ok = idx >= 0
-    safe = idx.clamp_min(0)
+                      valid: torch.Tensor | None, topk: int, scale: float) -> torch.Tensor:
+    """The selected-set KL (TR eq. 4) averaged over rows, with the warm-up's one target
+    definition: the head-averaged dense attention (`row_probs`), restricted to the selected set
+    and renormalised (`metrics.selected_set_kl`). q/k are detached, so this loss never reaches
+    the backbone (dsa.md §8.2.6); scores [B,S,T] carry the indexer's gradient."""
     with torch.no_grad():
-        batch = torch.arange(b, device=q.device).view(b, 1, 1)
-        ks = k.detach()[batch, safe].float()  # [B, S, K, Hkv, D]
-        qg = q.detach().float().view(b, s, hkv, hq // hkv, d)
-        logits = torch.einsum("bsngd,bsknd->bsngk", qg, ks) * scale
-        logits = logits.masked_fill(~ok[:, :, None, None, :], float("-inf"))
-        target = torch.softmax(logits, dim=-1).nan_to_num(0.0).mean(dim=(2, 3))  # [B, S, K]
-    selected = scores.gather(-1, safe).masked_fill(~ok, float("-inf"))
-    return kl_rows(target.flatten(0, 1), selected.flatten(0, 1)).mean()
+        p = row_probs(q.detach(), k.detach(), torch.arange(q.shape[1], device=q.device), valid, scale)
+    return selected_set_kl(scores.flatten(0, 1), p.flatten(0, 1), topk).mean()
 
 
 def _drop_masked(indices: torch.Tensor, valid: torch.Tensor | None, t: int) -> torch.Tensor:
@@ -247,9 +258,11 @@ def dsa_attention(
     runtime = layer.runtime
     try:
         if runtime.capture is not None:
-            out, probs = dense_attention_with_probs(q, k, v, valid, scale)
-            runtime.capture(layer.layer_idx, layer.pending.x, probs)
-            return out, None
+            rows = runtime.capture_rows if runtime.capture_rows is not None else torch.arange(s)
+            runtime.capture(layer.layer_idx, layer.pending.x, row_probs(q, k, rows.to(q.device),
+                                                                        valid, scale))
+            if not runtime.capture_sparse:
+                return dense_attention(q, k, v, valid, scale), None
         if runtime.inspect is not None:
             out, probs = dense_attention_with_probs(q, k, v, valid, scale)
             idx = kernels.select_topk(_selection_scores(layer, q, k, t, valid, scale), runtime.topk)
@@ -267,9 +280,11 @@ def dsa_attention(
             scores = _selection_scores(layer, q, k, t, valid, scale, train=training)
             idx = kernels.select_topk(scores.detach(), runtime.topk)  # selection has no gradient
         if runtime.recorded is not None:
-            runtime.recorded.setdefault(layer.layer_idx, []).append(idx)
+            rows = runtime.record_rows
+            runtime.recorded.setdefault(layer.layer_idx, []).append(
+                idx if rows is None else idx[:, rows.to(idx.device)])
         if training:
-            runtime.indexer_losses.append(selected_set_loss(scores, q, k, idx, scale))
+            runtime.indexer_losses.append(selected_set_loss(scores, q, k, valid, runtime.topk, scale))
         return kernels.sparse_attention(q, k, v, idx, scale=scale), None
     finally:
         layer.pending = None  # never let a stale hand-off reach the next step

@@ -7,6 +7,8 @@ For query t with dense head-averaged attention p_t (the warm-up target, dsa.md ย
   Xiao et al. 2023, arXiv 2309.17453), the cheapest positional baseline of the same budget;
 - KL(p_t || softmax(I_t)) over causal keys: the dense warm-up loss (TR eq. 3).
 Only rows t >= k count: before that every key is selected and all selections are equal.
+- needle recall: at rows that copy a token from far back (a retrieval answer), whether the
+  selection contains that token's position (`diagnostics.py`); with the oracle's and the window's.
 """
 
 from __future__ import annotations
@@ -27,6 +29,10 @@ class SelectionMetrics:
     oracle: float
     window_sink: float
     rows: int
+    needle: float | None = None  # share of evidence rows whose evidence the indexer's top-k holds
+    needle_oracle: float | None = None  # ... the oracle top-k of p holds
+    needle_window: float | None = None  # ... window + sink holds
+    needle_rows: int = 0
 
 
 def kl_rows(p: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
@@ -36,6 +42,18 @@ def kl_rows(p: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
     logq = logq.masked_fill(~valid, 0.0)
     plogp = torch.where(p > 0, p * p.clamp_min(1e-30).log(), torch.zeros_like(p))
     return (plogp - p * logq).sum(-1)
+
+
+def selected_set_kl(scores: torch.Tensor, p: torch.Tensor, k: int) -> torch.Tensor:
+    """[R] KL over the selected set only (TR eq. 4): p restricted to S_t = top-k(I_t) and
+    renormalised, against softmax(I) over S_t (dsa.md ยง8.2.5 option (b)). The warm-up's sparse
+    stage and the sparse training with the LM loss both use this one definition."""
+    idx = kernels.select_topk(scores.detach().unsqueeze(0), k)[0].long()  # [R, k]
+    valid = idx >= 0
+    safe = idx.clamp_min(0)
+    target = p.gather(-1, safe) * valid
+    target = target / target.sum(-1, keepdim=True).clamp_min(1e-12)
+    return kl_rows(target, scores.gather(-1, safe).masked_fill(~valid, float("-inf")))
 
 
 def oracle_recall(p: torch.Tensor, k: int) -> torch.Tensor:
@@ -59,24 +77,43 @@ def selection_recall(p: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     return (got * valid).sum(-1)
 
 
-def layer_metrics(p: torch.Tensor, scores: torch.Tensor, rows: torch.Tensor,
-                  k: int) -> SelectionMetrics:
-    """p, scores [R, T] for query positions `rows` (all >= k)."""
+def layer_metrics(p: torch.Tensor, scores: torch.Tensor, rows: torch.Tensor, k: int,
+                  evidence: torch.Tensor | None = None, sink: int = SINK_TOKENS) -> SelectionMetrics:
+    """p, scores [R, T] for query positions `rows`; mass metrics over rows >= k, needle metrics
+    over rows whose `evidence` [R] (context position they copy) is >= 0."""
     idx = kernels.select_topk(scores.unsqueeze(0), k)[0]
-    return SelectionMetrics(
-        kl=kl_rows(p, scores).mean().item(),
-        recall=selection_recall(p, idx).mean().item(),
-        oracle=oracle_recall(p, k).mean().item(),
-        window_sink=window_sink_recall(p, rows, k).mean().item(),
-        rows=int(rows.numel()),
+    far = rows >= k
+    out = SelectionMetrics(
+        kl=kl_rows(p[far], scores[far]).mean().item() if far.any() else 0.0,
+        recall=selection_recall(p[far], idx[far]).mean().item() if far.any() else 1.0,
+        oracle=oracle_recall(p[far], k).mean().item() if far.any() else 1.0,
+        window_sink=window_sink_recall(p[far], rows[far], k).mean().item() if far.any() else 1.0,
+        rows=int(far.sum()),
     )
+    if evidence is not None and (evidence >= 0).any():
+        has = evidence >= 0
+        ev, r = evidence[has], rows[has]
+        best = p[has].topk(min(k, p.shape[-1]), dim=-1).indices
+        in_window = (ev < sink) | ((ev <= r) & (ev > r - (k - sink)))
+        out.needle = (idx[has] == ev[:, None]).any(-1).float().mean().item()
+        out.needle_oracle = (best == ev[:, None]).any(-1).float().mean().item()
+        out.needle_window = in_window.float().mean().item()
+        out.needle_rows = int(has.sum())
+    return out
 
 
 def mean_metrics(items: list[SelectionMetrics]) -> SelectionMetrics:
-    """Row-weighted mean over layers / sequences."""
+    """Row-weighted mean over layers / sequences (needle metrics over their own rows)."""
     n = sum(m.rows for m in items)
 
     def avg(name: str) -> float:
-        return sum(getattr(m, name) * m.rows for m in items) / n
+        return sum(getattr(m, name) * m.rows for m in items) / n if n else 0.0
 
-    return SelectionMetrics(avg("kl"), avg("recall"), avg("oracle"), avg("window_sink"), n)
+    out = SelectionMetrics(avg("kl"), avg("recall"), avg("oracle"), avg("window_sink"), n)
+    needles = [m for m in items if m.needle_rows]
+    if needles:
+        total = sum(m.needle_rows for m in needles)
+        for name in ("needle", "needle_oracle", "needle_window"):
+            setattr(out, name, sum(getattr(m, name) * m.needle_rows for m in needles) / total)
+        out.needle_rows = total
+    return out

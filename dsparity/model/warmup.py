@@ -1,25 +1,32 @@
 """Training the lightning indexers of a converted model: dense warm-up, then the sparse stage.
 
-Recipe (DeepSeek-V3.2-Exp tech report §2.1, dsa.md §5):
-- Dense warm-up: the backbone is frozen and attends densely; each indexer is trained alone on
-  L = sum_t KL(p_t || softmax(I_t)), p_t the head-averaged dense attention of its layer (eq. 3).
-- Sparse stage: KL only over the selected set S_t = top-k(I_t) (eq. 4), indexer inputs detached.
-  Our target is the dense p restricted to S_t and renormalised (dsa.md §8.2.5 option (b)): with a
-  frozen backbone it comes straight from the cached targets. The report also trains the backbone
-  with the LM loss at a low LR in this stage; that is not done here (see README / report).
+Recipe (DeepSeek-V3.2-Exp tech report §2.1-2.2, dsa.md §5), one target definition throughout:
+p_t = the head-averaged dense attention of query t over all its causal keys, computed in the layer
+from the layer's own q and k (`attention.row_probs`).
 
-What makes it affordable on two CPU cores (stack.md, "DSA indexer warm-up" calibration): the dense
-targets are computed once per sequence by one forward pass whose attention hands each layer's
-input x and head-averaged probabilities p to a capture callback (p is reduced over heads inside
-the layer, so the [H, L, L] maps of all layers never coexist); each step then trains every layer's
-indexer on `rows_per_step` sampled query rows against all keys. The number of steps, not rows per
-step, limits progress there.
+- Stage 1, dense warm-up: the backbone frozen and attending densely; each indexer trained alone on
+  KL(p_t || softmax(I_t)) over all causal keys (TR eq. 3).
+- Stage 2, sparse: the model runs sparse with the indexers selecting (so every layer sees the
+  hidden states it sees at inference); targets captured there, indexer inputs detached (they are
+  captured tensors). Loss: the stage-1 KL on these states plus the report's selected-set KL
+  (eq. 4: p restricted to the selected set S_t and renormalised, against softmax(I) over S_t).
+
+What makes retrieval learnable (the issue with attention-mass recall as the only target): the
+training text plants facts far back and asks for them (`training_text.py`), and the rows that
+predict an answer's tokens are captured every time and drawn for `answer_share` of each step's
+rows. Sequences are as long as what is evaluated, so targets are never held as L x L per layer:
+only the captured rows are, [layers, R, L] in fp16, with the layer inputs [layers, L, hidden].
+
+Evaluation on held-out sequences built from held-out files: KL and attention-mass recall over
+captured rows (oracle top-k and window + sink as references), and needle recall: at answer rows,
+does the layer's top-k contain the context position of the token being copied?
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import random
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
@@ -28,21 +35,31 @@ import torch
 
 from dsparity import kernels
 from dsparity.model.convert import dsa_layers
-from dsparity.model.metrics import SelectionMetrics, kl_rows, layer_metrics, mean_metrics
+from dsparity.model.diagnostics import evidence_rows
+from dsparity.model.metrics import (
+    SelectionMetrics,
+    kl_rows,
+    layer_metrics,
+    mean_metrics,
+    selected_set_kl,
+)
 
 
 @dataclass(frozen=True)
 class WarmupConfig:
-    seq_len: int = 2048  # L of the acceptance check (k = 256 at L = 2048)
-    train_sequences: int = 6
-    heldout_sequences: int = 2
-    steps: int = 200  # dense warm-up steps (calibration: 100 -> 0.932, 200 -> 0.941, 400 -> 0.946)
+    lengths: tuple[int, ...] = (1024, 2048)  # training sequence lengths, cycled
+    train_sequences: int = 16
+    heldout_sequences: int = 6
+    rows_per_sequence: int = 160  # captured query rows per sequence: every answer row + random rows
+    min_row: int = 16  # random rows start here (before it, any k selects everything)
+    steps: int = 300  # stage 1 steps
     rows_per_step: int = 128
+    answer_share: float = 0.5  # of each step's rows, drawn from answer rows where a sequence has them
     lr: float = 1e-3  # TR §2.1 warm-up LR
-    sparse_steps: int = 0  # sparse-stage steps after the dense warm-up
-    sparse_lr: float = 1e-4
-    eval_every: int = 50
-    eval_row_stride: int = 8  # intermediate evaluations use every 8th row; the final one all rows
+    sparse_sequences: int = 8  # stage 2: sequences captured while the model runs sparse
+    sparse_steps: int = 150
+    sparse_lr: float = 5e-4
+    eval_every: int = 100
     # Torch threads for training/evaluation (small ops): 1 thread runs them as fast as 2 on an idle
     # 2-core box and several times faster when another process holds a core (stack.md).
     train_threads: int = 1
@@ -53,11 +70,14 @@ class WarmupConfig:
 
 
 @dataclass
-class CapturedTargets:
-    """Per sequence and layer: attention input x and head-averaged dense probabilities p."""
+class Capture:
+    """One sequence's training material: per layer the attention input and the target rows."""
 
-    x: torch.Tensor  # [N, layers, L, hidden] float32
-    p: torch.Tensor  # [N, layers, L, L] float16 (row t is 0 beyond t)
+    x: torch.Tensor  # [layers, L, hidden] float16
+    rows: torch.Tensor  # [R] long, ascending
+    p: torch.Tensor  # [layers, R, L] float16: head-averaged dense attention of each row
+    answer: torch.Tensor  # [R] bool: the row predicts an answer token
+    evidence: torch.Tensor  # [R] long: context position of the token the row copies, -1 if none
 
 
 @dataclass
@@ -81,29 +101,58 @@ class WarmupReport:
                    d.get("history", []), d.get("timings", {}))
 
 
-@torch.no_grad()
-def capture_targets(model, ids: torch.Tensor, progress=None) -> CapturedTargets:
-    """One dense forward per sequence; the DSA runtime's capture hook stores x and p per layer."""
-    runtime = model.dsa_runtime
-    n, length = ids.shape
-    n_layers = len(list(dsa_layers(model)))
-    xs = torch.empty(n, n_layers, length, model.config.hidden_size)
-    ps = torch.empty(n, n_layers, length, length, dtype=torch.float16)
-    task = progress.add_task("dense targets", total=n) if progress else None
-    device = next(model.parameters()).device
-    for i in range(n):
-        def capture(layer_idx: int, x: torch.Tensor, p: torch.Tensor, i: int = i) -> None:
-            xs[i, layer_idx] = x[0].float().cpu()
-            ps[i, layer_idx] = p[0].to(torch.float16).cpu()
+def _pick_rows(length: int, answer_rows: list[int], n: int, min_row: int, rng: random.Random) -> list[int]:
+    pool = [r for r in range(min(min_row, length - 1), length) if r not in set(answer_rows)]
+    extra = rng.sample(pool, min(len(pool), max(0, n - len(answer_rows))))
+    return sorted(set(answer_rows) | set(extra))
 
-        runtime.capture = capture
+
+@torch.no_grad()
+def capture(model, sequences, cfg: WarmupConfig, *, sparse: bool, progress=None,
+            label: str = "targets") -> list[Capture]:
+    """One forward per sequence; each layer hands its input and its rows' dense attention over."""
+    runtime = model.dsa_runtime
+    n_layers = len(list(dsa_layers(model)))
+    device = next(model.parameters()).device
+    rng = random.Random(f"{cfg.seed}:rows")
+    out = []
+    task = progress.add_task(label, total=len(sequences), info="") if progress else None
+    for seq in sequences:
+        length = len(seq.ids)
+        rows = _pick_rows(length, seq.answer_rows, cfg.rows_per_sequence, cfg.min_row, rng)
+        xs = torch.empty(n_layers, length, model.config.hidden_size, dtype=torch.float16)
+        ps = torch.empty(n_layers, len(rows), length, dtype=torch.float16)
+
+        def keep(layer_idx: int, x: torch.Tensor, p: torch.Tensor, xs=xs, ps=ps) -> None:
+            xs[layer_idx] = x[0].to(torch.float16).cpu()
+            ps[layer_idx] = p[0].to(torch.float16).cpu()
+
+        runtime.capture, runtime.capture_rows, runtime.capture_sparse = keep, torch.tensor(rows), sparse
+        enabled = runtime.enabled
+        runtime.enabled = sparse
         try:
-            model(ids[i : i + 1].to(device), use_cache=False, logits_to_keep=1)
+            model(torch.tensor([seq.ids], device=device), use_cache=False, logits_to_keep=1)
         finally:
-            runtime.capture = None
+            runtime.capture, runtime.capture_rows, runtime.capture_sparse = None, None, False
+            runtime.enabled = enabled
+        answer = torch.tensor([r in set(seq.answer_rows) for r in rows])
+        evidence = torch.full((len(rows),), -1, dtype=torch.long)
+        if seq.answer_rows:
+            start = seq.answer_rows[0] + 1
+            found = evidence_rows(seq.ids[:start], _copied(seq.ids[start:]))
+            if found:
+                for row, ev in zip(*found, strict=True):
+                    if row in rows:
+                        evidence[rows.index(row)] = ev
+        out.append(Capture(xs, torch.tensor(rows), ps, answer, evidence))
         if progress:
             progress.advance(task)
-    return CapturedTargets(xs, ps)
+    return out
+
+
+def _copied(answer: list[int]) -> list[int]:
+    """The answer tokens that also occur as such in the context (the end-of-turn token does not)."""
+    return answer[:-1] if len(answer) > 1 else answer
 
 
 def row_scores(indexer, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -119,39 +168,78 @@ def row_scores(indexer, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     return scores.masked_fill(pos.unsqueeze(0) > rows.unsqueeze(1), float("-inf"))
 
 
-def dense_loss(indexer, x: torch.Tensor, p: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """Mean over rows of KL(p_t || softmax(I_t)) over causal keys (TR eq. 3)."""
-    return kl_rows(p[rows].float(), row_scores(indexer, x, rows)).mean()
+def _sample(c: Capture, n: int, share: float, gen: torch.Generator) -> torch.Tensor:
+    """Indices into c.rows: `share` of them answer rows (with replacement) when there are any."""
+    answers = torch.nonzero(c.answer).flatten()
+    others = torch.nonzero(~c.answer).flatten()
+    n_ans = int(round(n * share)) if len(answers) else 0
+    pick = [answers[torch.randint(len(answers), (n_ans,), generator=gen)]] if n_ans else []
+    if len(others):
+        pick.append(others[torch.randint(len(others), (n - n_ans,), generator=gen)])
+    return torch.cat(pick)
 
 
-def sparse_loss(indexer, x: torch.Tensor, p: torch.Tensor, rows: torch.Tensor,
-                k: int) -> torch.Tensor:
-    """Mean over rows of KL over the selected set only (TR eq. 4), target renormalised on S_t."""
-    scores = row_scores(indexer, x, rows)
-    idx = kernels.select_topk(scores.detach().unsqueeze(0), k)[0].long()  # [R, k]
-    valid = idx >= 0
-    safe = idx.clamp_min(0)
-    target = p[rows].float().gather(-1, safe) * valid
-    target = target / target.sum(-1, keepdim=True).clamp_min(1e-12)
-    sel = scores.gather(-1, safe).masked_fill(~valid, float("-inf"))
-    return kl_rows(target, sel).mean()
+def train_stage(model, captures: list[Capture], heldout: list[Capture], cfg: WarmupConfig, k: int,
+                *, stage: str, steps: int, lr: float, progress=None, history=None,
+                step0: int = 0, total: int = 0) -> None:
+    layers = list(dsa_layers(model))
+    gen = torch.Generator().manual_seed(cfg.seed + (0 if stage == "dense" else 1))
+    opt = torch.optim.Adam([q for layer in layers for q in layer.indexer.parameters()], lr=lr)
+    task = progress.add_task(f"indexers: {stage} stage", total=steps, info="") if progress else None
+    for i in range(steps):
+        c = captures[int(torch.randint(len(captures), (1,), generator=gen))]
+        pick = _sample(c, cfg.rows_per_step, cfg.answer_share, gen)
+        rows = c.rows[pick]
+        losses = []
+        for layer in layers:
+            dev = layer.indexer.wk.weight.device  # captures live on the CPU, indexers anywhere
+            x = c.x[layer.layer_idx].to(dev, torch.float32)
+            p = c.p[layer.layer_idx, pick].to(dev, torch.float32)
+            scores = row_scores(layer.indexer, x, rows.to(dev))
+            loss = kl_rows(p, scores)
+            if stage == "sparse":
+                loss = loss + selected_set_kl(scores, p, k)
+            losses.append(loss.mean())
+        loss = torch.stack(losses).mean()  # every layer's indexer has its own loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step = step0 + i + 1
+        entry = {"step": step, "stage": stage, "loss": loss.item()}
+        if step % cfg.eval_every == 0 and step < total:
+            m, _ = evaluate(model, heldout, k, stride=4)
+            entry.update(_metrics_entry(m))
+        history.append(entry)
+        if progress:
+            info = f"loss {entry['loss']:.3f}" + (f"  needle recall {entry['needle']:.3f}"
+                                                  if entry.get("needle") is not None else "")
+            progress.update(task, advance=1, info=info)
+
+
+def _metrics_entry(m: SelectionMetrics) -> dict:
+    return {"kl": m.kl, "recall": m.recall, "oracle": m.oracle, "window_sink": m.window_sink,
+            "needle": m.needle, "needle_oracle": m.needle_oracle, "needle_window": m.needle_window}
 
 
 @torch.no_grad()
-def evaluate(model, targets: CapturedTargets, k: int,
-             row_stride: int = 1) -> tuple[SelectionMetrics, list[SelectionMetrics]]:
-    """Held-out metrics, mean over layers and query positions t >= k; plus the per-layer table."""
-    length = targets.p.shape[-1]
-    rows = torch.arange(k, length, row_stride)
+def evaluate(model, captures: list[Capture], k: int,
+             stride: int = 1) -> tuple[SelectionMetrics, list[SelectionMetrics]]:
+    """Held-out metrics per layer and their mean: rows past k for KL and mass recall, answer rows
+    with known evidence for needle recall."""
     per_layer = []
     for layer in dsa_layers(model):
         items = []
         dev = layer.indexer.wk.weight.device
-        for n in range(targets.x.shape[0]):
-            x, p = targets.x[n, layer.layer_idx].to(dev), targets.p[n, layer.layer_idx]
-            rows_d = rows.to(dev)
-            items.append(layer_metrics(p[rows].to(dev).float(), row_scores(layer.indexer, x, rows_d),
-                                       rows_d, k))
+        for c in captures:
+            thin = torch.arange(len(c.rows)) % stride == 0  # intermediate evaluations: fewer rows
+            keep = (c.evidence >= 0) | ((c.rows >= k) & thin)
+            if not keep.any():
+                continue
+            rows = c.rows[keep].to(dev)
+            x = c.x[layer.layer_idx].to(dev, torch.float32)
+            p = c.p[layer.layer_idx, keep].to(dev, torch.float32)
+            items.append(layer_metrics(p, row_scores(layer.indexer, x, rows), rows, k,
+                                       evidence=c.evidence[keep].to(dev)))
         per_layer.append(mean_metrics(items))
     return mean_metrics(per_layer), per_layer
 
@@ -192,92 +280,59 @@ def _progress(enabled: bool):
                     TimeElapsedColumn(), transient=False, console=Console(stderr=True))
 
 
-def train_indexers(model, train: CapturedTargets, heldout: CapturedTargets, cfg: WarmupConfig,
-                   k: int, progress=None) -> list[dict]:
-    """Dense warm-up then sparse stage on cached targets; returns the history."""
-    layers = list(dsa_layers(model))
-    gen = torch.Generator().manual_seed(cfg.seed)
-    length = train.p.shape[-1]
-    low = min(k, length - 1)  # rows where selection matters (t >= k)
-    history: list[dict] = []
-    stages = [("dense", cfg.steps, cfg.lr), ("sparse", cfg.sparse_steps, cfg.sparse_lr)]
-    total = cfg.steps + cfg.sparse_steps
-    task = progress.add_task("indexer training", total=total, info="") if progress else None
-    step = 0
-    for stage, steps, lr in stages:
-        if steps <= 0:
-            continue
-        params = [q for layer in layers for q in layer.indexer.parameters()]
-        opt = torch.optim.Adam(params, lr=lr)
-        for _ in range(steps):
-            n = int(torch.randint(train.x.shape[0], (1,), generator=gen))
-            rows_cpu = torch.randint(low, length, (cfg.rows_per_step,), generator=gen)
-            losses = []
-            for layer in layers:
-                dev = layer.indexer.wk.weight.device  # targets live on the CPU, indexers anywhere
-                x, p = train.x[n, layer.layer_idx].to(dev), train.p[n, layer.layer_idx].to(dev)
-                rows = rows_cpu.to(dev)
-                if stage == "dense":
-                    losses.append(dense_loss(layer.indexer, x, p, rows))
-                else:
-                    losses.append(sparse_loss(layer.indexer, x, p, rows, k))
-            loss = torch.stack(losses).mean()  # every layer's indexer has its own loss
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-            entry = {"step": step, "stage": stage, "loss": loss.item()}
-            if step % cfg.eval_every == 0 and step < total:
-                m, _ = evaluate(model, heldout, k, cfg.eval_row_stride)
-                entry.update(kl=m.kl, recall=m.recall, oracle=m.oracle, window_sink=m.window_sink)
-            history.append(entry)
-            if progress:
-                info = f"loss {entry['loss']:.3f}"
-                if "recall" in entry:
-                    info += f"  held-out recall {entry['recall']:.3f}"
-                progress.update(task, advance=1, info=info)
-    return history
-
-
 def warm_up(model, tokenizer, cfg: WarmupConfig | None = None, *, progress: bool = True,
             corpus_root=None) -> WarmupReport:
     """Full first-use warm-up of a converted model's indexers; returns metrics and history."""
-    from dsparity.model.corpus import token_sequences
+    from dsparity.model.training_text import training_sequences
 
     cfg = cfg or WarmupConfig()
     runtime = model.dsa_runtime
     k = runtime.topk
     t0 = time.perf_counter()
-    train_ids = token_sequences(tokenizer, "train", cfg.train_sequences, cfg.seq_len,
-                                seed=cfg.seed, root=corpus_root)
-    held_ids = token_sequences(tokenizer, "heldout", cfg.heldout_sequences, cfg.seq_len,
-                               seed=cfg.seed, root=corpus_root)
+    lengths = list(cfg.lengths)
+    train_seqs = training_sequences(tokenizer, "train", cfg.train_sequences + cfg.sparse_sequences,
+                                    lengths, seed=cfg.seed, root=corpus_root)
+    held_seqs = training_sequences(tokenizer, "heldout", cfg.heldout_sequences, lengths,
+                                   seed=cfg.seed, retrieval_share=1.0, root=corpus_root)
     timings = {"text": time.perf_counter() - t0}
     was_training = model.training
     model.eval()
     for layer in dsa_layers(model):  # backbone frozen: only indexer parameters get gradients
         layer.indexer.float().train().requires_grad_(True)
+    history: list[dict] = []
+    total = cfg.steps + cfg.sparse_steps
     with _progress(progress) as bar:
         t = time.perf_counter()
-        train = capture_targets(model, train_ids, bar)
-        heldout = capture_targets(model, held_ids, bar)
+        dense = capture(model, train_seqs[:cfg.train_sequences], cfg, sparse=False, progress=bar,
+                        label="dense targets")
+        heldout = capture(model, held_seqs, cfg, sparse=False, progress=bar, label="held-out targets")
         timings["capture"] = time.perf_counter() - t
         with _threads(cfg.train_threads):
             t = time.perf_counter()
             start, _ = evaluate(model, heldout, k)
             timings["eval"] = time.perf_counter() - t
+            history.append({"step": 0, "stage": "start", "loss": None, **_metrics_entry(start)})
             t = time.perf_counter()
             with torch.enable_grad():
-                history = train_indexers(model, train, heldout, cfg, k, bar)
+                train_stage(model, dense, heldout, cfg, k, stage="dense", steps=cfg.steps, lr=cfg.lr,
+                            progress=bar, history=history, total=total)
             timings["train"] = time.perf_counter() - t
+        if cfg.sparse_steps > 0 and cfg.sparse_sequences > 0:
+            t = time.perf_counter()
+            sparse = capture(model, train_seqs[cfg.train_sequences:], cfg, sparse=True, progress=bar,
+                             label="sparse targets")
+            timings["capture"] += time.perf_counter() - t
+            with _threads(cfg.train_threads), torch.enable_grad():
+                t = time.perf_counter()
+                train_stage(model, sparse, heldout, cfg, k, stage="sparse", steps=cfg.sparse_steps,
+                            lr=cfg.sparse_lr, progress=bar, history=history, step0=cfg.steps,
+                            total=total)
+                timings["train"] += time.perf_counter() - t
+        with _threads(cfg.train_threads):
             t = time.perf_counter()
             final, per_layer = evaluate(model, heldout, k)
             timings["eval"] += time.perf_counter() - t
-    history.insert(0, {"step": 0, "stage": "start", "loss": None, "kl": start.kl,
-                       "recall": start.recall, "oracle": start.oracle,
-                       "window_sink": start.window_sink})
-    history[-1].update(kl=final.kl, recall=final.recall, oracle=final.oracle,
-                       window_sink=final.window_sink)
+    history[-1].update(_metrics_entry(final))
     for layer in dsa_layers(model):
         layer.indexer.eval()
         layer.indexer.requires_grad_(False)
