@@ -220,6 +220,7 @@ def test_a_library_only_fetched_is_not_a_library_used(tmp_path):
     page = """<html><body><canvas></canvas><script>
     window.p5 = function () {}; window.p5.VERSION = '1.11.13';
     fetch('https://cdn.jsdelivr.net/npm/p5@1.11.13/lib/p5.min.js').then(r => r.text());
+    eval('window.p5.ok = 1;\\n//# sourceURL=https://cdn.jsdelivr.net/npm/p5@1.11.13/lib/p5.min.js');
     </script></body></html>"""
     g = get_grader("web")(
         GradeInput(

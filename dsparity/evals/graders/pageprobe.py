@@ -113,7 +113,10 @@ class PageProbe:
 
     def _parsed(self, event: dict) -> None:
         url = event.get("url") or ""
-        if url.startswith(("http:", "https:")) and len(self.scripts) < 200:
+        # a `//# sourceURL=` comment names an eval'd string after any URL the page likes: not a load
+        if event.get("hasSourceURL") or not url.startswith(("http:", "https:")):
+            return
+        if len(self.scripts) < 200:
             self.scripts[url] = None
 
     def _paused(self, event: dict) -> None:
