@@ -209,12 +209,18 @@ def evaluate_check(
     if check == "no_errors":
         return not report.errors, report.errors[:5]
     if check == "no_network":
-        return not report.blocked_requests, report.blocked_requests[:10]
+        missing = {m["url"] for m in report.missing_libraries}
+        blocked = [u for u in report.blocked_requests if u not in missing]
+        return not report.blocked_requests, blocked[:10] + [m["hint"] for m in report.missing_libraries[:3]]
     if check == "canvas":
         return report.canvas is not None, report.canvas
     if check == "library":
-        hits = [u for u in report.served_libraries if params["name"] in u.lower()]
-        return bool(hits), hits[:3]
+        # served and compiled as a script: a library only fetched (or a fake global) does not count
+        hits = [u for u in report.served_libraries if params["name"] in u.lower() and u in report.scripts]
+        missing = [
+            m["hint"] for m in report.missing_libraries if m["library"].startswith(params["name"] + "@")
+        ]
+        return bool(hits), hits[:3] or missing[:1]
     if check == "fills_window":
         c = report.canvas or {}
         w, h = settings.get("viewport", (800, 600))
@@ -228,8 +234,10 @@ def evaluate_check(
     if check == "animated":
         return report.animated, [s.get("changed_vs_previous") for s in report.screenshots[1:]]
     if check == "fps":
+        # a page that does not visibly change over the whole window has no frame rate to speak of
         min_fps = float(params.get("min", settings.get("min_fps", 20)))
-        return report.fps is not None and report.fps >= min_fps, report.fps
+        ok = report.animated and report.fps is not None and report.fps >= min_fps
+        return ok, {"fps": report.fps, "animated": report.animated, **report.frames}
     if check == "ball_count":
         if not shots:
             return False, "no screenshot"
@@ -246,14 +254,38 @@ def evaluate_check(
         y1 = sum(b["y"] for b in last) / len(last)
         return y1 > y0 + 2, {"mean_y_first": round(y0, 1), "mean_y_last": round(y1, 1)}
     if check == "audio_peak":
-        tone = settings.get("audio_tone_hz")
-        peak = report.audio.get("peakHz")
-        if not tone:
-            return None, "no audio_tone_hz setting"
-        rate = report.audio.get("sampleRate") or 44100
-        tol = float(params.get("tolerance_hz", max(2 * rate / 2048, 0.03 * tone)))
-        return peak is not None and abs(peak - float(tone)) <= tol, {"peak_hz": peak, "tone_hz": tone}
+        return _audio_peak(report, params)
     return None, "no heuristic"
+
+
+def _audio_peak(report: PageReport, params: dict[str, Any]) -> tuple[bool | None, Any]:
+    """The page's own analysers, read by the grader with the genuine built-ins at each screenshot,
+    receive the tone that was fed (its frequency drawn at random near `audio_tone_hz`) at most
+    moments: the dominant frequency of what the loudest analyser receives is within 1 % of it (the
+    estimate is within 0.3 % for the fixture player at fftSize 256 and 2048)."""
+    tone = report.audio.get("tone_hz")
+    if not tone:
+        return None, "no audio_tone_hz setting"
+    peaks = report.audio.get("peaks") or []
+    tol = float(params.get("tolerance_hz", 0.01 * tone))
+    # an analyser window under 2.5 periods of the tone cannot tell one frequency from another
+    short = [p for p in peaks if p["window_s"] * tone < 2.5]
+    hits = sum(abs(p["hz"] - tone) <= tol for p in peaks if p not in short)
+    readings = report.audio.get("readings", 0)
+    evidence = {"tone_hz": tone, "peaks_hz": [p["hz"] for p in peaks], "matching": hits, "readings": readings}
+    if short and not hits:
+        return None, evidence | {"problem": "the page's analyser window is too short to tell frequencies"}
+    return bool(readings > 0 and 2 * hits > readings), evidence
+
+
+def _hints(report: PageReport) -> list[str]:
+    """Lines that tell the user why a page failed for reasons of this machine, not of the answer."""
+    seen, hints = set(), []
+    for missing in report.missing_libraries:
+        if missing["library"] not in seen:
+            seen.add(missing["library"])
+            hints.append(f"the page asked for {missing['url']}: {missing['hint']}")
+    return hints
 
 
 @register("web")
@@ -267,15 +299,21 @@ def web(sample: GradeInput, settings: dict) -> Grade:
     asks for nothing a heuristic cannot see, see `_SEMANTIC`) or dicts `{"item": text, "check":
     name, ...params}` with check one of loads, no_errors, no_network, canvas, non_blank, animated,
     fps (`min`), ball_count (`expected`, `tolerance`), gravity, library (`name`), fills_window,
-    file_input, audio_peak (`tolerance_hz`). Items no heuristic decides go to the judge when one is configured
-    (settings `judge` or env DSPARITY_JUDGE: code + measured evidence, yes/no per item, prompt and
-    raw output under `details.judge`), else they are listed under `needs_judge` and not scored.
+    file_input, audio_peak (`tolerance_hz`). Items no heuristic decides go to the judge when one is
+    configured (settings `judge` or env DSPARITY_JUDGE: code + measured evidence, yes/no per item,
+    prompt and raw output under `details.judge`), else they are listed under `needs_judge` and not
+    scored.
     settings: `seconds` (3.0), `seed` (0), `viewport` ([800, 600]), `shots` (3), `load_timeout_s`
     (5), `min_fps` (20), `require` (gate checks; default ["loads", "no_errors", "non_blank"]),
-    `audio_tone_hz` (feed a synthesised tone to the page), `artifact_dir` (screenshots; default
-    env DSPARITY_ARTIFACTS or results/artifacts).
+    `audio_tone_hz` (feed the page a synthesised tone in the octave above it, drawn at random),
+    `artifact_dir` (screenshots; default env DSPARITY_ARTIFACTS or results/artifacts).
+    Every measurement is taken from outside the page (see `browser`): `animated` and `fps` from
+    pixels (screenshots, screencast frames), `canvas` from an isolated world, `audio_peak` from the
+    page's analysers read with genuine built-ins; nothing a page script writes is believed.
     score = fraction of gate + checklist checks passed (needs-judge items excluded); passed = all.
     Screenshots are written as `<artifact_dir>/web-<answer hash>-<i>.png`; paths in details.
+    `details.hints`: what this machine lacked (e.g. a CDN library that is not vendored, and the
+    command that fetches it).
     """
     html, how = extract_page(sample.text)
     base = {"extraction": how, "truncated": sample.finish_reason == "length"}
@@ -360,5 +398,6 @@ def web(sample: GradeInput, settings: dict) -> Grade:
             "page": page,
             "html_sha": digest,
             "screenshots": [s["path"] for s in report.screenshots],
+            "hints": _hints(report),
         },
     )
