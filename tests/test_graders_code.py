@@ -112,3 +112,38 @@ def test_pass_at_k_for_run():
     assert pass_at_k_for_run(grades, ks=(1, 2)) == {
         "he": {1: pytest.approx((1 + 0.25) / 2), 2: pytest.approx((1 + 0.5) / 2)}
     }
+
+
+def test_call_protocol_rebuilds_values_from_builtins_only():
+    from decimal import Decimal
+    from fractions import Fraction
+
+    from dsparity.evals.graders.callproto import ProtocolError, decode, dumps, encode, loads_line
+
+    values = [None, True, 0, -(10**40), 2.5, float("inf"), "é\ud800", b"\x00\xff", [1, [2]], (1, (2,)),
+              {1: "a", (2, 3): [4]}, {1, 2}, frozenset({3}), 1 + 2j, Fraction(1, 3), Decimal("0.1")]
+    for v in values:
+        back = decode(loads_line(dumps({"ok": encode(v)}))["ok"])
+        assert back == v and type(back) is type(v)
+    nan = decode(loads_line(dumps({"ok": encode(float("nan"))}))["ok"])
+    assert type(nan) is float and nan != nan
+
+    class Sneaky(int):
+        def __eq__(self, other):
+            return True
+
+    with pytest.raises(TypeError):
+        encode(Sneaky(1))  # the judge's side passes exact builtins only
+    assert type(decode(encode(Sneaky(7), lenient=True))) is int  # the answer's side: its real value
+    with pytest.raises(TypeError):
+        encode(object(), lenient=True)
+    for bad in [b'{"ok": NaN}\n', b'{"ok": 1}', b"[" * 10 + b"\n", b'{"ok": {"__eq__": 1}}\n',
+                b'{"ok": {"s": [[1]]}}\n', b'{"ok": {"q": [1, 0]}}\n', b'{"ok": {"i": "12"}}\n',
+                b'{"ok": {"x": "1e5"}}\n', b'{"ok": {"t": [], "s": []}}\n']:
+        with pytest.raises(ProtocolError):
+            decode(loads_line(bad)["ok"])
+    deep = {"ok": 0}
+    for _ in range(200):
+        deep = {"ok": [deep["ok"]]}
+    with pytest.raises(ProtocolError):
+        decode(deep["ok"])
