@@ -5,77 +5,102 @@ Run by Debian's /usr/bin/python3 inside bubblewrap (stdlib only, no dsparity imp
     python3 callproto.py serve REQ_FD RESP_FD PROGRAM ENTRY_POINT   # the answer's sandbox
     python3 callproto.py judge REQ_FD RESP_FD VERDICT_FD            # the tests' sandbox
 
-`serve` runs the answer's program, then answers calls: each request line holds the arguments, each
-response line the return value (or the exception's builtin type name). `judge` runs the task's own
-`prompt` (its helper functions) and `test` (which defines `check(candidate)`) and calls `check` with
-a stand-in whose every call is a round trip to `serve`. The verdict goes to VERDICT_FD, a pipe only
-the judge holds: the answer's code has no way to reach it, to read the tests, or to touch `check`.
+`serve` runs the answer's program, then answers calls: each request holds the arguments, each
+response the return value (or the exception's builtin type name). `judge` runs the task's own
+`prompt` (its helper functions) and `test` (which defines `check(candidate)`) from `problem.bin`
+and calls `check` with a stand-in whose every call is a round trip to `serve`. The verdict goes to
+VERDICT_FD, a pipe only the judge holds: the answer's code has no way to reach it, to read the
+tests, or to touch `check`.
 
-Values cross as tagged JSON and are rebuilt by `decode` from builtins only (None, bool, int, float,
-complex, str, bytes, list, tuple, dict, set, frozenset, Fraction, Decimal): an object with a forged
-`__eq__`, a subclass of int/str/float/list, or a NaN pretending to be anything never reaches the test;
-what the test compares is plain data, compared by the builtins' own `==`. The answer's side may send
-any bytes it likes: `decode` accepts only well-formed values, with bounded size and depth.
+Values cross in a small tagged format (`encode`/`decode`, below) and are rebuilt from builtins only
+(None, bool, int, float, complex, str, bytes, list, tuple, dict, set, frozenset, Fraction,
+Decimal): an object with a forged `__eq__`, a subclass of int/str/float/list, or anything
+pretending to be a value never reaches the tests; what they compare is plain data, compared by
+the builtins' own `==`. The answer's side may send any bytes it likes: `decode` checks every byte,
+bounds sizes and depth, and raises ProtocolError on anything else. (Not JSON: `json` and `re` would
+double this module's start-up time, paid twice per graded answer.)
+
+Format: one message = ASCII length, ":", payload. Payload values: N T F (None True False),
+i<hex int>; f<float.hex>; c<f..><f..> s<n>:<utf-8> b<n>:<bytes> D<n>:<decimal text> q<i..><i..>,
+and l t S z d (list tuple set frozenset dict) as <tag><count>; followed by the items (dict: key,
+value, key, value ...).
 """
 
 from __future__ import annotations
 
 import builtins
-import json
-import math
 import os
-import re
 import sys
 import types
 
-MAX_LINE = 32 << 20  # bytes in one request or response line
+MAX_MESSAGE = 32 << 20  # bytes in one request or response
 MAX_DEPTH = 100
-_HEX_INT = re.compile(r"-?0x[0-9a-f]+")
-_HEX_BYTES = re.compile(r"(?:[0-9a-f]{2})*")
-_BIG = 1 << 53
+_HEX = frozenset(b"0123456789abcdef")
+_CONTAINERS = {list: b"l", tuple: b"t", set: b"S", frozenset: b"z"}
+_BUILDERS = {b"l": list, b"t": tuple, b"S": set, b"z": frozenset}
 
 
 class ProtocolError(ValueError):
-    """A line that is not a well-formed value."""
+    """Bytes that are not a well-formed message."""
 
 
 # ---------------------------------------------------------------- values
 
 
-def encode(value, *, lenient: bool = False, depth: int = 0):
-    """A JSON-able, tagged form of `value`. Strict (the judge's arguments): builtins of the exact
-    types only. Lenient (the answer's return value): subclasses of builtins and numpy-like values
-    are turned into the builtin they stand for, so an honest Counter or IntEnum compares as the
-    dict or int it is; anything else is refused (TypeError)."""
+def encode(value, *, lenient: bool = False) -> bytes:
+    """`value` in the tagged format. Strict (the judge's arguments): builtins of the exact types
+    only. Lenient (the answer's return value): subclasses of builtins and numpy-like values are
+    turned into the builtin they stand for, so an honest Counter or IntEnum compares as the dict or
+    int it is; anything else is refused (TypeError)."""
+    out: list[bytes] = []
+    _encode(value, out, lenient, 0)
+    return b"".join(out)
+
+
+def _encode(value, out: list[bytes], lenient: bool, depth: int) -> None:  # noqa: C901  (one branch a type)
     if depth > MAX_DEPTH:
         raise TypeError("value nested too deeply")
     kind = type(value)
-    if value is None or kind in (bool, str):
-        return value
-    if kind is int:
-        return value if -_BIG < value < _BIG else {"i": hex(value)}
-    if kind is float:
-        return value if math.isfinite(value) else {"x": repr(value)}
-    deeper = {"lenient": lenient, "depth": depth + 1}
-    if kind is list:
-        return [encode(v, **deeper) for v in value]
-    if kind is tuple:
-        return {"t": [encode(v, **deeper) for v in value]}
-    if kind is dict:
-        return {"d": [[encode(k, **deeper), encode(v, **deeper)] for k, v in value.items()]}
-    if kind in (set, frozenset):
-        return {"s" if kind is set else "f": [encode(v, **deeper) for v in value]}
-    if kind is bytes:
-        return {"b": value.hex()}
-    if kind is complex:
-        return {"c": [encode(value.real), encode(value.imag)]}
-    if (kind.__module__, kind.__qualname__) == ("fractions", "Fraction"):  # not imported: start-up time
-        return {"q": [encode(value.numerator), encode(value.denominator)]}
-    if (kind.__module__, kind.__qualname__) == ("decimal", "Decimal"):
-        return {"D": str(value)}
-    if lenient:
-        return encode(_as_builtin(value), lenient=True, depth=depth + 1)
-    raise TypeError(f"cannot pass a {kind.__name__} across the sandbox")
+    if value is None:
+        out.append(b"N")
+    elif kind is bool:
+        out.append(b"T" if value else b"F")
+    elif kind is int:
+        out.append(b"i%x;" % value)
+    elif kind is float:
+        out.append(b"f" + value.hex().encode() + b";")
+    elif kind is complex:
+        out.append(b"c")
+        _encode(value.real, out, lenient, depth + 1)
+        _encode(value.imag, out, lenient, depth + 1)
+    elif kind is str:
+        _blob(b"s", value.encode("utf-8", "surrogatepass"), out)
+    elif kind is bytes:
+        _blob(b"b", value, out)
+    elif kind in _CONTAINERS:
+        out.append(_CONTAINERS[kind] + b"%d;" % len(value))
+        for item in value:
+            _encode(item, out, lenient, depth + 1)
+    elif kind is dict:
+        out.append(b"d%d;" % len(value))
+        for key, item in value.items():
+            _encode(key, out, lenient, depth + 1)
+            _encode(item, out, lenient, depth + 1)
+    elif (kind.__module__, kind.__qualname__) == ("fractions", "Fraction"):  # not imported: start-up
+        out.append(b"q")
+        _encode(value.numerator, out, lenient, depth + 1)
+        _encode(value.denominator, out, lenient, depth + 1)
+    elif (kind.__module__, kind.__qualname__) == ("decimal", "Decimal"):
+        _blob(b"D", str(value).encode(), out)
+    elif lenient:
+        _encode(_as_builtin(value), out, lenient, depth + 1)
+    else:
+        raise TypeError(f"cannot pass a {kind.__name__} across the sandbox")
+
+
+def _blob(tag: bytes, data: bytes, out: list[bytes]) -> None:
+    out.append(tag + b"%d:" % len(data))
+    out.append(data)
 
 
 def _as_builtin(value):
@@ -91,113 +116,122 @@ def _as_builtin(value):
     raise TypeError(f"cannot return a {type(value).__name__} across the sandbox")
 
 
-def decode(obj, depth: int = 0):
-    """Rebuild a value from `encode`'s form, from builtins only; ProtocolError on anything else."""
-    if depth > MAX_DEPTH:
-        raise ProtocolError("value nested too deeply")
-    kind = type(obj)
-    if obj is None or kind in (bool, str, int, float):
-        return obj
-    if kind is list:
-        return [decode(v, depth + 1) for v in obj]
-    if kind is not dict or len(obj) != 1:
-        raise ProtocolError(f"unexpected {kind.__name__}")
-    ((tag, body),) = obj.items()
+def decode(data: bytes):
+    """Rebuild one value from `encode`'s bytes, from builtins only; ProtocolError on anything
+    else, including trailing bytes."""
     try:
-        return _TAGS[tag](body, depth + 1)
-    except KeyError:
-        raise ProtocolError(f"unknown tag {tag!r}") from None
-    except (TypeError, ValueError, ArithmeticError) as exc:  # unhashable set items, bad numbers ...
-        raise ProtocolError(f"bad {tag!r} value: {exc}") from None
-
-
-def _items(body, depth):
-    if type(body) is not list:
-        raise ProtocolError("expected a list")
-    return [decode(v, depth) for v in body]
-
-
-def _pairs(body, depth):
-    if type(body) is not list or any(type(p) is not list or len(p) != 2 for p in body):
-        raise ProtocolError("expected a list of pairs")
-    return {decode(k, depth): decode(v, depth) for k, v in body}
-
-
-def _text(body, pattern=None):
-    if type(body) is not str or len(body) > MAX_LINE or (pattern and not pattern.fullmatch(body)):
-        raise ProtocolError("bad text")
-    return body
-
-
-def _number(body, depth):
-    value = decode(body, depth)
-    if type(value) not in (int, float):
-        raise ProtocolError("expected a number")
+        value, end = _decode(data, 0, 0)
+    except (IndexError, ValueError, TypeError, ArithmeticError) as exc:  # unhashable set items ...
+        raise ProtocolError(f"malformed value: {str(exc)[:200]}") from None
+    if end != len(data):
+        raise ProtocolError("trailing bytes after the value")
     return value
 
 
-def _special_float(body, depth):
-    if body not in ("nan", "inf", "-inf"):
-        raise ProtocolError("bad float")
-    return float(body)
+def _decode(buf: bytes, i: int, depth: int):  # noqa: C901  (one branch a tag)
+    if depth > MAX_DEPTH:
+        raise ProtocolError("value nested too deeply")
+    tag = buf[i : i + 1]
+    i += 1
+    if tag == b"N":
+        return None, i
+    if tag in (b"T", b"F"):
+        return tag == b"T", i
+    if tag == b"i":
+        text, i = _token(buf, i, b";")
+        digits = text[1:] if text[:1] == b"-" else text
+        if not digits or not _HEX.issuperset(digits):
+            raise ProtocolError("bad integer")
+        return int(text, 16), i
+    if tag == b"f":
+        text, i = _token(buf, i, b";")
+        return float.fromhex(text.decode("ascii")), i  # any float it accepts is a real float
+    if tag == b"c":
+        real, i = _decode_kind(buf, i, depth, float)
+        imag, i = _decode_kind(buf, i, depth, float)
+        return complex(real, imag), i
+    if tag in (b"s", b"b", b"D"):
+        data, i = _bytes(buf, i)
+        if tag == b"b":
+            return data, i
+        text = data.decode("utf-8", "surrogatepass") if tag == b"s" else data.decode("ascii")
+        if tag == b"s":
+            return text, i
+        from decimal import Decimal
+
+        return Decimal(text), i
+    if tag == b"q":
+        from fractions import Fraction
+
+        num, i = _decode_kind(buf, i, depth, int)
+        den, i = _decode_kind(buf, i, depth, int)
+        return Fraction(num, den), i
+    if tag in _BUILDERS or tag == b"d":
+        count, i = _count(buf, i, b";")
+        items = []
+        for _ in range(count * 2 if tag == b"d" else count):
+            item, i = _decode(buf, i, depth + 1)
+            items.append(item)
+        if tag == b"d":
+            return dict(zip(items[::2], items[1::2], strict=True)), i
+        return _BUILDERS[tag](items), i
+    raise ProtocolError(f"unknown tag {tag!r}")
 
 
-def _complex(body, depth):
-    if type(body) is not list or len(body) != 2:
-        raise ProtocolError("expected [re, im]")
-    return complex(float(_number(body[0], depth)), float(_number(body[1], depth)))
+def _decode_kind(buf: bytes, i: int, depth: int, kind: type):
+    value, i = _decode(buf, i, depth + 1)
+    if type(value) is not kind:
+        raise ProtocolError(f"expected {kind.__name__}")
+    return value, i
 
 
-def _fraction(body, depth):
-    from fractions import Fraction
-
-    if type(body) is not list or len(body) != 2:
-        raise ProtocolError("expected [numerator, denominator]")
-    num, den = (decode(v, depth) for v in body)
-    if type(num) is not int or type(den) is not int:
-        raise ProtocolError("expected integers")
-    return Fraction(num, den)
+def _token(buf: bytes, i: int, end: bytes) -> tuple[bytes, int]:
+    j = buf.find(end, i, i + (1 << 20))
+    if j < 0:
+        raise ProtocolError("unterminated token")
+    return buf[i:j], j + 1
 
 
-def _decimal(body, depth):
-    from decimal import Decimal
-
-    return Decimal(_text(body))
-
-
-_TAGS = {
-    "i": lambda b, d: int(_text(b, _HEX_INT), 16),
-    "x": _special_float,
-    "t": lambda b, d: tuple(_items(b, d)),
-    "s": lambda b, d: set(_items(b, d)),
-    "f": lambda b, d: frozenset(_items(b, d)),
-    "d": _pairs,
-    "b": lambda b, d: bytes.fromhex(_text(b, _HEX_BYTES)),
-    "c": _complex,
-    "q": _fraction,
-    "D": _decimal,
-}
+def _count(buf: bytes, i: int, end: bytes) -> tuple[int, int]:
+    text, i = _token(buf, i, end)
+    if not text.isdigit() or len(text) > 10:  # bytes.isdigit: ASCII digits only
+        raise ProtocolError("bad length")
+    count = int(text)
+    if count > len(buf) - i:  # every item takes a byte at least: no huge allocation from a lie
+        raise ProtocolError("length past the end")
+    return count, i
 
 
-def dumps(obj) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode() + b"\n"
+def _bytes(buf: bytes, i: int) -> tuple[bytes, int]:
+    n, i = _count(buf, i, b":")
+    return buf[i : i + n], i + n
 
 
-def loads_line(line: bytes) -> dict:
-    """One protocol line -> a JSON object (not yet decoded); ProtocolError when malformed."""
-    if not line.endswith(b"\n") or len(line) > MAX_LINE:
-        raise ProtocolError("truncated or oversized line")
-    try:
-        obj = json.loads(line, parse_constant=_reject)
-    except (ValueError, RecursionError) as exc:
-        raise ProtocolError(f"not JSON: {str(exc)[:200]}") from None
-    if type(obj) is not dict:
-        raise ProtocolError("expected an object")
-    return obj
+# ---------------------------------------------------------------- messages
 
 
-def _reject(name):
-    raise ProtocolError(f"bare {name} is not allowed")
+def frame(payload: bytes) -> bytes:
+    return b"%d:" % len(payload) + payload
+
+
+def read_message(stream) -> bytes | None:
+    """One framed message from a buffered binary stream; None at a clean EOF."""
+    head = b""
+    while (c := stream.read(1)) != b":":
+        if not c:
+            if head:
+                raise ProtocolError("truncated message")
+            return None
+        head += c
+        if len(head) > 9 or not c.isdigit():
+            raise ProtocolError("bad message length")
+    n = int(head)
+    if n > MAX_MESSAGE:
+        raise ProtocolError("message too large")
+    data = stream.read(n)
+    if len(data) != n:
+        raise ProtocolError("truncated message")
+    return data
 
 
 # ---------------------------------------------------------------- the answer's side
@@ -212,24 +246,23 @@ def serve(req_fd: int, resp_fd: int, program: str, entry_point: str) -> int:
     with open(program, encoding="utf-8") as f:
         code = compile(f.read(), program, "exec")
     exec(code, module.__dict__)
-    while line := requests.readline(MAX_LINE + 1):
-        responses.write(dumps(_answer(module.__dict__.get(entry_point), line)))
+    while (request := read_message(requests)) is not None:
+        responses.write(frame(_answer(module.__dict__.get(entry_point), request)))
     return 0
 
 
-def _answer(fn, line: bytes) -> dict:
+def _answer(fn, request: bytes) -> bytes:
     try:
-        call = loads_line(line)
-        args, kwargs = decode(call["args"]), decode(call["kwargs"])
+        args, kwargs = decode(request)
         if not callable(fn):
-            return {"raise": "NameError", "message": "the function is not defined"}
-        return {"ok": encode(fn(*args, **kwargs), lenient=True)}
+            return b"R" + encode(("NameError", "the function is not defined"))
+        return b"O" + encode(fn(*args, **kwargs), lenient=True)
     except BaseException as exc:  # noqa: BLE001  (whatever the answer raised, the judge decides)
         try:
             message = str(exc)[:1000]
         except BaseException:  # noqa: BLE001
             message = ""
-        return {"raise": type(exc).__name__, "message": message}
+        return b"R" + encode((type(exc).__name__, message))
 
 
 # ---------------------------------------------------------------- the tests' side
@@ -249,64 +282,61 @@ class Candidate:
         self.calls = 0
 
     def __call__(self, *args, **kwargs):
-        request = dumps({"args": encode(list(args)), "kwargs": encode(dict(kwargs))})
+        request = frame(encode((list(args), dict(kwargs))))
         try:
             self._requests.write(request)
-            line = self._responses.readline(MAX_LINE + 1)
+            reply = read_message(self._responses)
         except OSError as exc:
             raise CandidateFailed(f"the answer's process is gone ({exc.strerror})") from None
-        if not line:
+        except ProtocolError as exc:
+            raise CandidateFailed(f"malformed reply: {exc}") from None
+        if reply is None:
             raise CandidateFailed("the answer's process ended before answering")
         self.calls += 1
         try:
-            reply = loads_line(line)
-            if set(reply) == {"ok"}:
-                return decode(reply["ok"])
-            if set(reply) == {"raise", "message"} and type(reply["raise"]) is str:
-                raise _builtin_exception(reply["raise"], reply["message"])
-            raise ProtocolError("unexpected reply")
+            value = decode(reply[1:])
         except ProtocolError as exc:
             raise CandidateFailed(f"malformed reply: {exc}") from None
+        if reply[:1] == b"O":
+            return value
+        if reply[:1] == b"R" and type(value) is tuple and len(value) == 2:
+            raise _builtin_exception(*value)
+        raise CandidateFailed("malformed reply")
 
 
-def _builtin_exception(name: str, message) -> BaseException:
-    """The answer raised `name`: re-raise the builtin Exception subclass of that name (a test may
-    expect e.g. ValueError); anything else (SystemExit, a class of its own) fails the test."""
-    cls = getattr(builtins, name, None) if name.isidentifier() else None
+def _builtin_exception(name, message) -> BaseException:
+    """The answer raised `name`: the builtin Exception subclass of that name (a test may expect e.g.
+    ValueError); anything else (SystemExit, a class of its own) fails the tests."""
     text = message if type(message) is str else ""
+    cls = getattr(builtins, name, None) if type(name) is str and name.isidentifier() else None
     if isinstance(cls, type) and issubclass(cls, Exception):
         try:
             return cls(text)
-        except Exception:  # noqa: BLE001  (exception classes that need other arguments)
-            return CandidateFailed(f"the function raised {name}: {text}")
+        except Exception:  # noqa: BLE001, S110  (exception classes that need other arguments)
+            pass
     return CandidateFailed(f"the function raised {name}: {text}")
 
 
-def judge(req_fd: int, resp_fd: int, verdict_fd: int, problem_path: str = "problem.json") -> int:
+def judge(req_fd: int, resp_fd: int, verdict_fd: int, problem_path: str = "problem.bin") -> int:
     verdict = os.fdopen(verdict_fd, "wb", buffering=0)
     os.set_inheritable(verdict_fd, False)
-    with open(problem_path, encoding="utf-8") as f:
-        problem = json.load(f)
+    with open(problem_path, "rb") as f:
+        problem = decode(f.read())
     candidate = Candidate(req_fd, resp_fd)
-    result = {"verdict": "error", "detail": ""}
     try:
         ns: dict = {"__name__": "__dsparity_tests__"}
         exec(compile(problem["prompt"], "prompt.py", "exec"), ns)
         exec(compile(problem["test"], "test.py", "exec"), ns)
         ns[problem["entry_point"]] = candidate
         ns["check"](candidate)
-        if candidate.calls:
-            result = {"verdict": "pass", "detail": ""}
-        else:
-            result = {"verdict": "error", "detail": "the tests never called the function"}
+        result = ("pass", "") if candidate.calls else ("error", "the tests never called the function")
     except AssertionError as exc:
-        result = {"verdict": "fail", "detail": f"AssertionError: {str(exc)[:500]}"}
+        result = ("fail", f"AssertionError: {str(exc)[:500]}")
     except CandidateFailed as exc:
-        result = {"verdict": "candidate", "detail": str(exc)[:500]}
+        result = ("candidate", str(exc)[:500])
     except BaseException as exc:  # noqa: BLE001  (whatever stopped the tests, they did not pass)
-        result = {"verdict": "raised", "detail": f"{type(exc).__name__}: {str(exc)[:500]}"}
-    result["calls"] = candidate.calls
-    verdict.write(dumps(result))
+        result = ("raised", f"{type(exc).__name__}: {str(exc)[:500]}")
+    verdict.write(frame(encode({"verdict": result[0], "detail": result[1], "calls": candidate.calls})))
     return 0
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import decimal
-import json
+import io
 import math
 import os
 import re
@@ -26,6 +26,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from dsparity.evals.graders import callproto
 from dsparity.evals.graders.base import Grade, GradeInput, register
 from dsparity.evals.graders.sandbox import MEMORY_EVIDENCE, Sandbox, SandboxResult, preflight, run_program
 from dsparity.evals.graders.text import strip_reasoning
@@ -159,7 +160,7 @@ def run_function_tests(
     object that equals everything.
     """
     proto = _CALLPROTO.read_bytes()
-    problem = json.dumps({"prompt": prompt, "test": test, "entry_point": entry_point})
+    problem = callproto.encode({"prompt": prompt, "test": test, "entry_point": entry_point})
     limits = {"timeout_s": timeout_s, "memory_mb": memory_mb}
     req_r, req_w = os.pipe()
     resp_r, resp_w = os.pipe()
@@ -168,12 +169,12 @@ def run_function_tests(
     try:
         with (
             Sandbox({"main.py": program, "callproto.py": proto}, **limits) as answer_box,
-            Sandbox({"callproto.py": proto, "problem.json": problem}, **limits) as tests_box,
+            Sandbox({"callproto.py": proto, "problem.bin": problem}, **limits) as tests_box,
         ):
             serve = ["serve", str(req_r), str(resp_w), "/sandbox/main.py", entry_point]
             answer_box.start("callproto.py", serve, pass_fds=(req_r, resp_w))
             judge = ["judge", str(req_w), str(resp_r), str(verdict_w)]
-            tests_box.start("callproto.py", judge, pass_fds=(req_w, resp_r, verdict_w))
+            tests_box.start("callproto.py", judge, pass_fds=(req_w, resp_r, verdict_w), ours=True)
             while host_ends:  # only the sandboxes hold the pipes now: EOF when either is gone
                 os.close(host_ends.pop())
             tests = tests_box.wait()
@@ -194,8 +195,8 @@ def _read_verdict(fd: int) -> dict[str, Any]:
         while (chunk := os.read(fd, 65536)) and len(data) < 1 << 20:
             data += chunk
     try:
-        verdict = json.loads(data.split(b"\n", 1)[0])
-    except ValueError:
+        verdict = callproto.decode(callproto.read_message(io.BytesIO(data)) or b"")
+    except callproto.ProtocolError:
         return {}
     return verdict if isinstance(verdict, dict) else {}
 

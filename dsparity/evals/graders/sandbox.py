@@ -230,15 +230,24 @@ class Sandbox:
     # ------------------------------------------------------------ running
 
     def start(
-        self, script: str, args: Sequence[str] = (), *, stdin: str | bytes = "", pass_fds: Sequence[int] = ()
+        self,
+        script: str,
+        args: Sequence[str] = (),
+        *,
+        stdin: str | bytes = "",
+        pass_fds: Sequence[int] = (),
+        ours: bool = False,
     ) -> None:
         """Start `/sandbox/<script>` with the language's interpreter; `pass_fds` stay open in it
-        under the same numbers."""
+        under the same numbers. `ours=True` is for dsparity's own Python (the tests' judge, which
+        runs the task's tests on data, never an answer's code): it runs isolated (`-I -S`) and
+        without the supervisor, and bwrap's exit status is taken as its own."""
+        self._ours = ours
         status_r, status_w = os.pipe()
         report_r, report_w = os.pipe()
         seccomp_fd = _seccomp_fd()
         self._limits = self._describe(seccomp_fd is not None)
-        argv = self._command(script, args, report_w, status_w, seccomp_fd)
+        argv = self._command(script, args, None if ours else report_w, status_w, seccomp_fd)
         drop = (
             [_SETPRIV, f"--reuid={self._uid}", f"--regid={self._uid}", "--clear-groups"] if self._uid else []
         )
@@ -358,6 +367,8 @@ class Sandbox:
         for t in self._threads:
             t.join(timeout=5)
         report = _parse_report(bytes(self._outs["report"]))
+        if self._ours and self._proc.returncode is not None and self._proc.returncode >= 0:
+            report = {"exit": self._proc.returncode, "cpu_s": 0.0, "maxrss_kb": 0}
         ending = _Ending(
             started=b'"child-pid"' in self._outs["status"],
             timed_out=self._timed_out,
@@ -427,7 +438,7 @@ class Sandbox:
         }
 
     def _command(
-        self, script: str, args: Sequence[str], report_fd: int, status_fd: int, seccomp_fd: int | None
+        self, script: str, args: Sequence[str], report_fd: int | None, status_fd: int, seccomp_fd: int | None
     ) -> list[str]:
         cpu, mb = self._cpu_s(), 1 << 20
         rlimits = [
@@ -513,10 +524,14 @@ class Sandbox:
         ]
         if seccomp_fd is not None:
             box += ["--seccomp", str(seccomp_fd)]
-        runtime = list(self.lang["argv"])
+        runtime = [_PYTHON, "-I", "-S", "-B"] if report_fd is None else list(self.lang["argv"])
         if self.lang.get("v8"):
             runtime.append(f"--max-old-space-size={self.memory_mb}")
-        supervisor = [_PYTHON, "-I", "-S", "-B", "/dsparity/supervise.py", str(report_fd), "--"]
+        supervisor = (
+            []
+            if report_fd is None
+            else [_PYTHON, "-I", "-S", "-B", "/dsparity/supervise.py", str(report_fd), "--"]
+        )
         return [
             "/usr/bin/prlimit",
             *rlimits,
