@@ -244,7 +244,7 @@ def serve(req_fd: int, resp_fd: int, program: str, entry_point: str) -> int:
     module.__file__ = program
     sys.modules["__main__"] = module
     with open(program, encoding="utf-8") as f:
-        code = compile(f.read(), program, "exec")
+        code = compile(f.read(), program, "exec", dont_inherit=True)  # not our __future__ flags
     exec(code, module.__dict__)
     while (request := read_message(requests)) is not None:
         responses.write(frame(_answer(module.__dict__.get(entry_point), request)))
@@ -325,8 +325,8 @@ def judge(req_fd: int, resp_fd: int, verdict_fd: int, problem_path: str = "probl
     candidate = Candidate(req_fd, resp_fd)
     try:
         ns: dict = {"__name__": "__dsparity_tests__"}
-        exec(compile(problem["prompt"], "prompt.py", "exec"), ns)
-        exec(compile(problem["test"], "test.py", "exec"), ns)
+        exec(compile(problem["prompt"], "prompt.py", "exec", dont_inherit=True), ns)
+        exec(compile(problem["test"], "test.py", "exec", dont_inherit=True), ns)
         ns[problem["entry_point"]] = candidate
         ns["check"](candidate)
         result = ("pass", "") if candidate.calls else ("error", "the tests never called the function")

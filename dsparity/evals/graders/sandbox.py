@@ -240,8 +240,8 @@ class Sandbox:
     ) -> None:
         """Start `/sandbox/<script>` with the language's interpreter; `pass_fds` stay open in it
         under the same numbers. `ours=True` is for dsparity's own Python (the tests' judge, which
-        runs the task's tests on data, never an answer's code): it runs isolated (`-I -S`) and
-        without the supervisor, and bwrap's exit status is taken as its own."""
+        runs the task's tests on data, never an answer's code): it runs without the supervisor,
+        and bwrap's exit status is taken as its own."""
         self._ours = ours
         status_r, status_w = os.pipe()
         report_r, report_w = os.pipe()
@@ -524,25 +524,28 @@ class Sandbox:
         ]
         if seccomp_fd is not None:
             box += ["--seccomp", str(seccomp_fd)]
-        runtime = [_PYTHON, "-I", "-S", "-B"] if report_fd is None else list(self.lang["argv"])
-        if self.lang.get("v8"):
-            runtime.append(f"--max-old-space-size={self.memory_mb}")
-        supervisor = (
-            []
-            if report_fd is None
-            else [_PYTHON, "-I", "-S", "-B", "/dsparity/supervise.py", str(report_fd), "--"]
-        )
         return [
             "/usr/bin/prlimit",
             *rlimits,
             "--",
             self._bwrap,
             *box,
-            *supervisor,
-            *runtime,
-            f"/sandbox/{script}",
-            *args,
+            *self._program(script, args, report_fd),
         ]
+
+    def _program(self, script: str, args: Sequence[str], report_fd: int | None) -> list[str]:
+        """The command bwrap runs: the program under the supervisor (a Python program runs in the
+        supervisor's forked child, sparing a second interpreter start-up), or ours alone."""
+        runtime = list(self.lang["argv"])
+        if self.lang.get("v8"):
+            runtime.append(f"--max-old-space-size={self.memory_mb}")
+        program = [*runtime, f"/sandbox/{script}", *args]
+        if report_fd is None:
+            return program
+        supervise = ["/dsparity/supervise.py", str(report_fd)]
+        if self.language == "python":
+            return [*runtime, *supervise, "--python", *program[len(runtime) :]]
+        return [_PYTHON, "-I", "-S", "-B", *supervise, "--", *program]
 
 
 @dataclass
