@@ -273,6 +273,10 @@ class CandidateFailed(BaseException):  # noqa: N818  (BaseException: a test's `e
     exception."""
 
 
+class CandidateRaised(CandidateFailed):  # noqa: N818
+    """The function raised something that is not a builtin Exception (SystemExit, its own class)."""
+
+
 class Candidate:
     """Stands in for the answer's function inside the judge: a call is a round trip to `serve`."""
 
@@ -314,7 +318,7 @@ def _builtin_exception(name, message) -> BaseException:
             return cls(text)
         except Exception:  # noqa: BLE001, S110  (exception classes that need other arguments)
             pass
-    return CandidateFailed(f"the function raised {name}: {text}")
+    return CandidateRaised(f"the function raised {name}: {text}")
 
 
 def judge(req_fd: int, resp_fd: int, verdict_fd: int, problem_path: str = "problem.bin") -> int:
@@ -332,6 +336,8 @@ def judge(req_fd: int, resp_fd: int, verdict_fd: int, problem_path: str = "probl
         result = ("pass", "") if candidate.calls else ("error", "the tests never called the function")
     except AssertionError as exc:
         result = ("fail", f"AssertionError: {str(exc)[:500]}")
+    except CandidateRaised as exc:
+        result = ("raised", str(exc)[:500])
     except CandidateFailed as exc:
         result = ("candidate", str(exc)[:500])
     except BaseException as exc:  # noqa: BLE001  (whatever stopped the tests, they did not pass)

@@ -204,20 +204,15 @@ def _read_verdict(fd: int) -> dict[str, Any]:
 def _judge_outcome(
     verdict: dict[str, Any], answer: SandboxResult, tests: SandboxResult, memory_mb: int
 ) -> tuple[bool | None, str]:
+    """(passed, status): a pass needs the tests' sandbox to have ended normally and said so; the
+    rest only names the failure, from how the two sandboxes ended."""
     if "sandbox_error" in (tests.status, answer.status):
         return None, "sandbox_error"  # the machine's failure, not the model's
     if tests.status == "ok" and verdict.get("verdict") == "pass":
         return True, "passed"
-    if answer.status in ("timeout", "memory", "output_limit") or tests.status in (
-        "timeout",
-        "memory",
-        "output_limit",
-    ):
-        return False, answer.status if answer.status in (
-            "timeout",
-            "memory",
-            "output_limit",
-        ) else tests.status
+    for status in (answer.status, tests.status):
+        if status in _LIMITS:
+            return False, status
     if (answer.peak_mb or 0) >= MEMORY_EVIDENCE * memory_mb:
         return False, "memory"  # e.g. a MemoryError inside the function, reported as raised
     if verdict.get("verdict") == "candidate":  # the program ended, or broke the protocol
@@ -225,6 +220,7 @@ def _judge_outcome(
     return False, _VERDICT_STATUS.get(verdict.get("verdict"), "runtime_error")
 
 
+_LIMITS = ("timeout", "memory", "output_limit")
 _VERDICT_STATUS = {
     "fail": "wrong_answer",
     "raised": "raised",
