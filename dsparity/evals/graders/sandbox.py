@@ -273,27 +273,31 @@ class Sandbox:
         self._stack.callback(os.close, status_r)
         self._stack.callback(os.close, report_r)
         try:
+            (in_r, in_w), (out_r, out_w), (err_r, err_w) = (self._stdio_pipe() for _ in range(3))
             self._t0 = time.monotonic()
             self._proc = subprocess.Popen(
                 launcher,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
+                stdin=in_r,
+                stdout=out_w,
+                stderr=err_w,
                 env=env,
                 start_new_session=True,
                 pass_fds=fds,
             )
         finally:
-            # the sandbox holds the only write ends now: EOF when it is gone
-            for fd in (status_w, report_w) + (() if seccomp_fd is None else (seccomp_fd,)):
+            # the sandbox holds the only child ends now: EOF when it is gone
+            for fd in (status_w, report_w, in_r, out_w, err_w) + (
+                () if seccomp_fd is None else (seccomp_fd,)
+            ):
                 os.close(fd)
         data = stdin.encode("utf-8") if isinstance(stdin, str) else stdin
+        stdin_w, stdout_r, stderr_r = os.fdopen(in_w, "wb"), os.fdopen(out_r, "rb"), os.fdopen(err_r, "rb")
         self._threads = [
-            threading.Thread(target=self._read_capped, args=("stdout", self._proc.stdout), daemon=True),
-            threading.Thread(target=self._read_capped, args=("stderr", self._proc.stderr), daemon=True),
+            threading.Thread(target=self._read_capped, args=("stdout", stdout_r), daemon=True),
+            threading.Thread(target=self._read_capped, args=("stderr", stderr_r), daemon=True),
             threading.Thread(target=_read_fd, args=(status_r, self._outs["status"]), daemon=True),
             threading.Thread(target=_read_fd, args=(report_r, self._outs["report"]), daemon=True),
-            threading.Thread(target=_feed, args=(self._proc.stdin, data), daemon=True),
+            threading.Thread(target=_feed, args=(stdin_w, data), daemon=True),
             threading.Thread(target=self._reap, daemon=True),
         ]
         for t in self._threads:
@@ -324,6 +328,14 @@ class Sandbox:
             self._stopped = True
             self._kill()
         return self._finish()
+
+    def _stdio_pipe(self) -> tuple[int, int]:
+        """A pipe owned by the run's uid, so the program can reopen its own stdio by path
+        (`/dev/stdin`, `/dev/stdout`, a common idiom in JavaScript), as it could run directly."""
+        r, w = os.pipe()
+        if self._uid:
+            os.fchown(r, self._uid, self._uid)  # one inode for both ends
+        return r, w
 
     def _reap(self) -> None:
         self._proc.wait()  # a blocking wait: the end is seen at once, not at the next poll
