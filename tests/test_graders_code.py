@@ -112,3 +112,37 @@ def test_pass_at_k_for_run():
     assert pass_at_k_for_run(grades, ks=(1, 2)) == {
         "he": {1: pytest.approx((1 + 0.25) / 2), 2: pytest.approx((1 + 0.5) / 2)}
     }
+
+
+def test_call_protocol_rebuilds_values_from_builtins_only():
+    import io
+    from decimal import Decimal
+    from fractions import Fraction
+
+    from dsparity.evals.graders.callproto import ProtocolError, decode, encode, frame, read_message
+
+    values = [None, True, 0, -(10**400), 2.5, -0.0, float("inf"), "é\ud800", b"\x00:;", [1, [2]], (1, (2,)),
+              {1: "a", (2, 3): [4]}, {1, 2}, frozenset({3}), 1 + 2j, Fraction(1, 3), Decimal("0.1")]
+    for v in values:
+        back = decode(read_message(io.BytesIO(frame(encode(v)))))
+        assert back == v and type(back) is type(v) and repr(back) == repr(v)
+    nan = decode(encode(float("nan")))
+    assert type(nan) is float and nan != nan
+
+    class Sneaky(int):
+        def __eq__(self, other):
+            return True
+
+    with pytest.raises(TypeError):
+        encode(Sneaky(1))  # the judge's side passes exact builtins only
+    assert type(decode(encode(Sneaky(7), lenient=True))) is int  # the answer's side: its real value
+    with pytest.raises(TypeError):
+        encode(object(), lenient=True)
+    for bad in [b"", b"X", b"i;", b"i1_0;", b"i 10;", b"i0x10;", b"s5:abc", b"s-1:", b"l2;N", b"NN",
+                b"S1;l0;", b"q i1;i0;", b"qi1;i0;", b"cf0x1p+0;i1;", b"d1;N", b"l99999999999;", b"D3:abc",
+                b"l1;" * 200 + b"N"]:
+        with pytest.raises(ProtocolError):
+            decode(bad)
+    for bad_frame in [b"5:abc", b"x:", b"99999999999:", b"3"]:
+        with pytest.raises(ProtocolError):
+            read_message(io.BytesIO(bad_frame))

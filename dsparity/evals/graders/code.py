@@ -2,20 +2,33 @@
 
 Both refuse to run anything when bubblewrap is missing (`SandboxUnavailable` propagates: a
 grade is never produced by running model code unsandboxed).
+
+What a pass rests on. Function tests: the answer's program and the tests run in two sandboxes that
+share only two pipes; the verdict comes from the tests' sandbox on a third pipe the answer never
+holds, and return values cross as plain data rebuilt from builtins (`callproto.py`). stdin/stdout
+tests: the expected output never enters the sandbox, and the comparison (`outputs_match`) runs on
+the host over the captured bytes. In both, the status (timeout, memory, ...) comes from how the
+program ended (`sandbox.py`), never from what it printed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import decimal
+import io
 import math
+import os
 import re
-import secrets
 import textwrap
 from collections.abc import Iterable, Mapping
-from decimal import Decimal, InvalidOperation
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
+from dsparity.evals.graders import callproto
 from dsparity.evals.graders.base import Grade, GradeInput, register
-from dsparity.evals.graders.sandbox import preflight, run_program
+from dsparity.evals.graders.sandbox import MEMORY_EVIDENCE, Sandbox, SandboxResult, preflight, run_program
 from dsparity.evals.graders.text import strip_reasoning
 
 _FENCE = re.compile(r"```[ \t]*([\w+#.-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
@@ -23,6 +36,9 @@ _PY_TAGS = {"python", "py", "python3", "py3"}
 _MAIN_GUARD = re.compile(r"""^if\s+__name__\s*==\s*['"]__main__['"]\s*:""")
 _FUTURE = re.compile(r"^from\s+__future__\s+import\b")
 _TAIL = 2000  # characters of stdout/stderr kept in details
+_CALLPROTO = Path(__file__).with_name("callproto.py")
+# a number token: ASCII digits only (Decimal() would also take "1_0", "٣" or "Infinity")
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]{1,6})?")
 
 
 def extract_code(text: str, language: str = "python") -> str:
@@ -86,44 +102,138 @@ def code(sample: GradeInput, settings: dict) -> Grade:
     `check(candidate)`), `entry_point` (the function name).
     settings: `timeout_s` (default 10), `memory_mb` (default 512).
     The program is the last fenced python block (else the raw answer); when it does not define
-    `entry_point` it is taken as the body and appended to `prompt`. It passes only if the tests
-    run to the end (a nonce printed after `check(...)`), so `exit(0)` in the answer fails.
+    `entry_point` it is taken as the body and appended to `prompt`. The program and the tests run in
+    two sandboxes (`run_function_tests`): it passes only when the tests' own sandbox reports that
+    `check` returned, which nothing the program does can fake.
     """
     preflight()
     doc = sample.doc
     program, how = assemble_humaneval(sample.text, doc.get("prompt", ""), doc["entry_point"])
-    nonce = secrets.token_hex(8)
-    full = (
-        f"{program}\n\n{doc['test']}\n\ncheck({doc['entry_point']})\n"
-        f"print('__dsparity_tests_done_{nonce}__')\n"
+    run = run_function_tests(
+        program,
+        doc.get("prompt", ""),
+        doc["test"],
+        doc["entry_point"],
+        timeout_s=float(settings.get("timeout_s", 10)),
+        memory_mb=int(settings.get("memory_mb", 512)),
     )
-    result = run_program(
-        full, timeout_s=float(settings.get("timeout_s", 10)), memory_mb=int(settings.get("memory_mb", 512))
-    )
-    ok = result.status == "ok" and f"__dsparity_tests_done_{nonce}__" in result.stdout
-    status = result.status if not (result.status == "ok" and not ok) else "exited_early"
     return Grade(
-        float(ok),
-        None if result.status == "sandbox_error" else ok,  # the machine's failure, not the model's
+        float(run.passed is True),
+        run.passed,
         {
-            "status": status if not ok else "passed",
-            "sandbox_status": result.status,
+            "status": run.status,
+            "sandbox_status": run.answer.status,
+            "verdict": run.verdict.get("detail") or run.verdict.get("verdict", ""),
+            "calls": run.verdict.get("calls", 0),
             "assembled": how,
-            "exit_code": result.exit_code,
-            "wall_s": result.wall_s,
-            "stderr": result.stderr[-_TAIL:],
-            "stdout": result.stdout[-_TAIL:].replace(nonce, "…"),
+            "exit_code": run.answer.exit_code,
+            "wall_s": run.tests.wall_s,
+            "stderr": run.answer.stderr[-_TAIL:],
+            "stdout": run.answer.stdout[-_TAIL:],
+            "tests_stderr": run.tests.stderr[-_TAIL:],
             "program": program[:20000],
             "truncated": sample.finish_reason == "length",
-            "limits": result.limits,
+            "limits": run.answer.limits,
         },
     )
+
+
+@dataclass
+class FunctionTestRun:
+    passed: bool | None  # None: the machine failed (a sandbox did not start), not the answer
+    status: str  # passed / wrong_answer / raised / exited_early / timeout / memory / ... / sandbox_error
+    verdict: dict[str, Any]  # the tests' sandbox's own report
+    answer: SandboxResult
+    tests: SandboxResult
+
+
+def run_function_tests(
+    program: str, prompt: str, test: str, entry_point: str, *, timeout_s: float = 10, memory_mb: int = 512
+) -> FunctionTestRun:
+    """Run `check(entry_point)` with the answer's program and the tests in two sandboxes.
+
+    The answer's sandbox runs `program` and serves calls; the tests' sandbox runs the task's
+    `prompt` (for its helpers) and `test`, and calls `check` with a stand-in that forwards each call
+    over a pipe (`callproto.py`). Return values come back as plain data rebuilt from builtins, and
+    the verdict comes back on a pipe only the tests' sandbox holds: the program cannot read the
+    tests, patch `check` or `assert`, print a success marker, exit early with 0, or return an
+    object that equals everything.
+    """
+    proto = _CALLPROTO.read_bytes()
+    problem = callproto.encode({"prompt": prompt, "test": test, "entry_point": entry_point})
+    limits = {"timeout_s": timeout_s, "memory_mb": memory_mb}
+    req_r, req_w = os.pipe()
+    resp_r, resp_w = os.pipe()
+    verdict_r, verdict_w = os.pipe()
+    host_ends = [req_r, req_w, resp_r, resp_w, verdict_w]
+    try:
+        with (
+            Sandbox({"main.py": program, "callproto.py": proto}, **limits) as answer_box,
+            Sandbox({"callproto.py": proto, "problem.bin": problem}, **limits) as tests_box,
+        ):
+            serve = ["serve", str(req_r), str(resp_w), "/sandbox/main.py", entry_point]
+            answer_box.start("callproto.py", serve, pass_fds=(req_r, resp_w))
+            judge = ["judge", str(req_w), str(resp_r), str(verdict_w)]
+            tests_box.start("callproto.py", judge, pass_fds=(req_w, resp_r, verdict_w), ours=True)
+            while host_ends:  # only the sandboxes hold the pipes now: EOF when either is gone
+                os.close(host_ends.pop())
+            tests = tests_box.wait()
+            answer = answer_box.stop()
+        verdict = _read_verdict(verdict_r)
+    finally:
+        for fd in (*host_ends, verdict_r):
+            os.close(fd)
+    passed, status = _judge_outcome(verdict, answer, tests, memory_mb)
+    return FunctionTestRun(passed, status, verdict, answer, tests)
+
+
+def _read_verdict(fd: int) -> dict[str, Any]:
+    """The tests' sandbox's one line (it has ended, so this does not block)."""
+    os.set_blocking(fd, False)
+    data = b""
+    with contextlib.suppress(OSError):
+        while (chunk := os.read(fd, 65536)) and len(data) < 1 << 20:
+            data += chunk
+    try:
+        verdict = callproto.decode(callproto.read_message(io.BytesIO(data)) or b"")
+    except callproto.ProtocolError:
+        return {}
+    return verdict if isinstance(verdict, dict) else {}
+
+
+def _judge_outcome(
+    verdict: dict[str, Any], answer: SandboxResult, tests: SandboxResult, memory_mb: int
+) -> tuple[bool | None, str]:
+    """(passed, status): a pass needs the tests' sandbox to have ended normally and said so; the
+    rest only names the failure, from how the two sandboxes ended."""
+    if "sandbox_error" in (tests.status, answer.status):
+        return None, "sandbox_error"  # the machine's failure, not the model's
+    if tests.status == "ok" and verdict.get("verdict") == "pass":
+        return True, "passed"
+    for status in (answer.status, tests.status):
+        if status in _LIMITS:
+            return False, status
+    if (answer.peak_mb or 0) >= MEMORY_EVIDENCE * memory_mb:
+        return False, "memory"  # e.g. a MemoryError inside the function, reported as raised
+    if verdict.get("verdict") == "candidate":  # the program ended, or broke the protocol
+        return False, {"ok": "exited_early", "stopped": "runtime_error"}.get(answer.status, answer.status)
+    return False, _VERDICT_STATUS.get(verdict.get("verdict"), "runtime_error")
+
+
+_LIMITS = ("timeout", "memory", "output_limit")
+_VERDICT_STATUS = {
+    "fail": "wrong_answer",
+    "raised": "raised",
+    "candidate": "runtime_error",
+    "error": "test_error",
+}
 
 
 def outputs_match(got: str, expected: str, *, tol: float = 1e-6) -> bool:
     """Line-by-line after trimming trailing whitespace; then token-wise with numbers compared as
     Decimals (LiveCodeBench): exactly equal (`3.0` == `3`, but `5e16` != `50000000000000001`),
-    or within `tol` (absolute or relative) when the expected token is a decimal fraction."""
+    or within `tol` (absolute or relative) when the expected token is a decimal fraction. Only plain
+    ASCII numbers count as numbers, and no output can make the comparison raise."""
     a = [ln.rstrip() for ln in got.strip().splitlines()]
     b = [ln.rstrip() for ln in expected.strip().splitlines()]
     if a == b:
@@ -131,20 +241,22 @@ def outputs_match(got: str, expected: str, *, tol: float = 1e-6) -> bool:
     ta, tb = got.split(), expected.split()
     if len(ta) != len(tb):
         return False
-    for x, y in zip(ta, tb, strict=True):
-        if x == y:
-            continue
-        try:
-            dx, dy = Decimal(x), Decimal(y)
-        except InvalidOperation:
-            return False
-        if not (dx.is_finite() and dy.is_finite()):
-            return False
-        if dx == dy:
-            continue
-        if "." not in y or abs(dx - dy) > Decimal(str(tol)) * max(abs(dy), Decimal(1)):
-            return False
-    return True
+    with decimal.localcontext() as ctx:
+        ctx.traps = dict.fromkeys(ctx.traps, False)  # overflow gives Infinity, never an exception
+        ctx.Emax, ctx.Emin = decimal.MAX_EMAX, decimal.MIN_EMIN
+        return all(x == y or _numbers_match(x, y, tol) for x, y in zip(ta, tb, strict=True))
+
+
+def _numbers_match(x: str, y: str, tol: float) -> bool:
+    if not (_NUMBER.fullmatch(x) and _NUMBER.fullmatch(y)):
+        return False
+    dx, dy = Decimal(x), Decimal(y)
+    if dx == dy:
+        return True
+    if "." not in y:
+        return False
+    diff = abs(dx - dy)
+    return diff.is_finite() and diff <= Decimal(str(tol)) * max(abs(dy), Decimal(1))
 
 
 @register("stdio")

@@ -1,14 +1,22 @@
 """Run untrusted programs in a fresh bubblewrap sandbox, one per call.
 
-Every program gets: all namespaces unshared (its own loopback only, no DNS, own PID space), a
-cleared environment, no capabilities, uid/gid 65534, read-only `/usr` and nothing else of the
-host's files, a private tmpfs `/tmp` as the only writable place, `prlimit` limits (CPU seconds,
-address space, file size, open files, no core dumps), a seccomp filter where Debian's
-`python3-seccomp` can compile one, and where the cgroup filesystem allows it a per-run cgroup with
-`pids.max` (the only thing that stops a fork bomb when the grader runs as root) and a memory
-limit. The wall clock is enforced from outside by killing the sandbox's process group; killing
-`bwrap` tears down the PID namespace, and any process still in the run's cgroup is killed too.
-Output is read with a byte cap.
+Every program gets: all namespaces unshared (its own loopback only, no DNS, own PID space) and no
+further user namespaces, a cleared environment, no capabilities, uid/gid 65534 inside and, when the
+grader runs as root, a fresh unprivileged host uid of its own (so RLIMIT_NPROC, which root ignores,
+binds), read-only `/usr` and nothing else of the host's files, size-limited tmpfs `/tmp` and
+`/dev/shm` as the only writable places (`/dev` itself is read-only), `prlimit` limits (CPU seconds,
+address space and data segment, file size, open files, processes, no core dumps), a seccomp filter
+(no ptrace, namespaces, mounts, io_uring, memfd or SysV shared memory; sockets only AF_UNIX), and
+where the cgroup filesystem allows it a per-run cgroup with `pids.max` and a memory limit. Without a
+memory cgroup the host adds up the run's memory (proportional set of every process in its PID
+namespace, plus its tmpfs) every 50 ms and kills it over the limit. The wall clock is enforced from
+outside by killing the sandbox's process group; killing `bwrap` tears down the PID namespace, and
+any process still in the run's cgroup or PID namespace is killed too. Output is read with a byte cap.
+
+How the program ended is never read from its output: `supervise.py`, the program's parent inside
+the sandbox, reports its exit status, CPU time and peak memory on a pipe the program cannot reach,
+and the status is built from that report, the cgroup's OOM counters, the host's memory watch and
+the host's own timer.
 
 There is no fallback: without `bwrap` the call raises `SandboxUnavailable` and says how to install
 it. `SandboxResult.limits` says which limits were really enforced (e.g. `cgroup: unavailable`).
@@ -18,35 +26,46 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import math
 import os
+import secrets
 import shutil
 import signal
+import stat
 import subprocess
 import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from dsparity.errors import DsparityError
 
-STATUSES = ("ok", "runtime_error", "timeout", "memory", "output_limit", "sandbox_error")
+STATUSES = ("ok", "runtime_error", "timeout", "memory", "output_limit", "stopped", "sandbox_error")
 SANDBOX_UID = 65534
 _CGROUP_ROOT = Path("/sys/fs/cgroup")
 _SETUP_FAILED = 125  # exit code of the launcher shell when it cannot join the cgroup
+_PYTHON = "/usr/bin/python3"  # Debian's: runs Python programs and the supervisor
+_SETPRIV = "/usr/bin/setpriv"
+_SUPERVISOR = Path(__file__).with_name("supervise.py")
+_OWN_PROCESSES = 3  # bwrap, its PID-1 and the supervisor count against the process limits
+_HEADROOM_MB = 64  # total-memory limit over memory_mb: the supervisor and the runtime itself
+_V8_RESERVE_MB = 16 << 10  # address space V8 reserves and never touches; RLIMIT_DATA bounds its use
+_SHM_MB = 16
+MEMORY_EVIDENCE = 0.8  # a failed run whose peak resident set reached this share of memory_mb ran out
+_WATCH_S = 0.05  # how often the host adds up memory when no memory cgroup does it
+_RUN_UIDS = (2_000_000_000, 1 << 24)  # host uids for runs when the grader is root: base, span
 
 LANGUAGES: dict[str, dict[str, Any]] = {
     # -E -s: ignore PYTHON* variables and the user site; -B: no bytecode (the program dir is read-only)
-    "python": {
-        "file": "main.py",
-        "argv": ["/usr/bin/python3", "-E", "-s", "-B"],
-        "binary": "/usr/bin/python3",
-    },
-    # V8 reserves far more address space than it uses: no RLIMIT_AS for node, the cgroup limits memory
-    "javascript": {"file": "main.js", "argv": ["/usr/bin/node"], "binary": "/usr/bin/node", "no_as": True},
+    "python": {"file": "main.py", "argv": [_PYTHON, "-E", "-s", "-B"], "binary": _PYTHON},
+    # V8 reserves far more address space than it uses: its heap is capped by --max-old-space-size
+    # and everything it writes (heap, Buffers, wasm) by RLIMIT_DATA
+    "javascript": {"file": "main.js", "argv": ["/usr/bin/node"], "binary": "/usr/bin/node", "v8": True},
 }
 
 
@@ -57,11 +76,14 @@ class SandboxUnavailable(DsparityError):
 @dataclass
 class SandboxResult:
     status: str  # one of STATUSES
-    exit_code: int | None
+    exit_code: int | None  # as the supervisor saw it (128 + N for signal N); None without its report
     stdout: str
     stderr: str
     wall_s: float
     limits: dict[str, Any] = field(default_factory=dict)  # what was actually enforced
+    signal: int | None = None  # the signal that ended the program, per the supervisor
+    cpu_s: float | None = None  # CPU seconds of the program and the children it reaped
+    peak_mb: float | None = None  # peak resident set of its largest process
 
     @property
     def ok(self) -> bool:
@@ -95,6 +117,7 @@ def run_program(
     max_output_bytes: int = 1 << 20,
     max_processes: int = 64,
     max_file_mb: int = 64,
+    tmp_mb: int = 64,
 ) -> SandboxResult:
     """Run `source` in a fresh sandbox and classify the outcome.
 
@@ -102,269 +125,603 @@ def run_program(
     directory. `stdin` is fed to the program. stdout/stderr are capped at `max_output_bytes` each;
     more is `output_limit`. Raises `SandboxUnavailable` when bubblewrap or the interpreter is absent.
     """
-    if language not in LANGUAGES:
-        raise DsparityError(
-            "sandbox", "language", f"unsupported language {language!r}", f"use one of {', '.join(LANGUAGES)}"
-        )
-    lang = LANGUAGES[language]
-    bwrap = require_bwrap()
-    if not os.access(lang["binary"], os.X_OK):
-        raise SandboxUnavailable(
-            "sandbox",
-            language,
-            f"{lang['binary']} is not installed",
-            "run `scripts/setup` (Debian's interpreter runs inside the sandbox)",
-        )
-    limits: dict[str, Any] = {
-        "timeout_s": timeout_s,
-        "memory_mb": memory_mb,
-        "output_bytes": max_output_bytes,
-        "uid": SANDBOX_UID,
-        "network": "own loopback only",
-    }
-    with tempfile.TemporaryDirectory(prefix="dsparity-sbx-") as work, _Cgroup(memory_mb, max_processes) as cg:
-        work_dir = Path(work)
-        os.chmod(work_dir, 0o755)
-        (work_dir / lang["file"]).write_text(source, encoding="utf-8")
-        for name, content in (files or {}).items():
-            dest = (work_dir / name).resolve()
-            if work_dir.resolve() not in dest.parents or name == lang["file"]:
+    main = LANGUAGES[language]["file"] if language in LANGUAGES else ""
+    if main in (files or {}):
+        raise DsparityError("sandbox", "files", f"bad file name {main!r}", "use another name")
+    with Sandbox(
+        {**(files or {}), main: source},
+        language=language,
+        timeout_s=timeout_s,
+        memory_mb=memory_mb,
+        max_output_bytes=max_output_bytes,
+        max_processes=max_processes,
+        max_file_mb=max_file_mb,
+        tmp_mb=tmp_mb,
+    ) as box:
+        box.start(main, stdin=stdin)
+        return box.wait()
+
+
+class Sandbox:
+    """One sandboxed run: `files` go read-only into `/sandbox`, `start` runs one of them under the
+    supervisor, `wait` (until it ends or `timeout_s` after `start`) or `stop` (now) gives the result.
+    Two boxes can run side by side and talk over pipes passed with `pass_fds` (the HumanEval grader
+    keeps the answer and the tests apart that way)."""
+
+    def __init__(
+        self,
+        files: dict[str, str | bytes],
+        *,
+        language: str = "python",
+        timeout_s: float = 10,
+        memory_mb: int = 512,
+        max_output_bytes: int = 1 << 20,
+        max_processes: int = 64,
+        max_file_mb: int = 64,
+        tmp_mb: int = 64,
+    ):
+        if language not in LANGUAGES:
+            raise DsparityError(
+                "sandbox",
+                "language",
+                f"unsupported language {language!r}",
+                f"use one of {', '.join(LANGUAGES)}",
+            )
+        self.language, self.lang = language, LANGUAGES[language]
+        self.files = files
+        self.timeout_s, self.memory_mb, self.cap = timeout_s, memory_mb, max_output_bytes
+        self.max_processes, self.max_file_mb, self.tmp_mb = max_processes, max_file_mb, tmp_mb
+        self._stack = contextlib.ExitStack()
+        self._proc: subprocess.Popen | None = None
+        self._result: SandboxResult | None = None
+
+    # ------------------------------------------------------------ setting up
+
+    def __enter__(self) -> Sandbox:
+        self._bwrap = require_bwrap()
+        for binary in {self.lang["binary"], _PYTHON}:
+            if not os.access(binary, os.X_OK):
+                raise SandboxUnavailable(
+                    "sandbox",
+                    self.language,
+                    f"{binary} is not installed",
+                    "run `scripts/setup` (Debian's interpreter runs inside the sandbox)",
+                )
+        self._uid = _run_uid()
+        try:
+            self._work = Path(
+                self._stack.enter_context(
+                    tempfile.TemporaryDirectory(prefix="dsparity-sbx-", dir=_work_parent())
+                )
+            )
+            self._write_files()
+            self._cg = self._stack.enter_context(_Cgroup(self.memory_mb, self.max_processes + _OWN_PROCESSES))
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
+
+    def _write_files(self) -> None:
+        """Program files in work/sandbox, the supervisor in work/dsparity; readable by the run's uid
+        whatever the grader's umask."""
+        prog, sup = self._work / "sandbox", self._work / "dsparity"
+        for d in (self._work, prog, sup):
+            d.mkdir(exist_ok=True)
+            os.chmod(d, 0o755)
+        for name, content in self.files.items():
+            dest = (prog / name).resolve()
+            if prog.resolve() not in dest.parents:
                 raise DsparityError("sandbox", "files", f"bad file name {name!r}", "use a relative path")
             dest.parent.mkdir(parents=True, exist_ok=True)
+            for d in dest.parents:
+                if d == prog.resolve():
+                    break
+                os.chmod(d, 0o755)
             dest.write_bytes(content.encode() if isinstance(content, str) else content)
-        limits["cgroup"] = cg.description
-        seccomp_fd = _seccomp_fd()
-        limits["seccomp"] = seccomp_fd is not None
-        # bwrap reports {"child-pid": N} here once the program started: a failure before that is
-        # the sandbox's, never the program's (which cannot fake it by printing "bwrap:" and exiting)
+            os.chmod(dest, 0o644)
+        (sup / "supervise.py").write_bytes(_SUPERVISOR.read_bytes())
+        os.chmod(sup / "supervise.py", 0o644)
+
+    def __exit__(self, *exc) -> None:
+        if self._proc is not None and self._result is None:
+            self.stop()
+        self._stack.close()
+
+    # ------------------------------------------------------------ running
+
+    def start(
+        self,
+        script: str,
+        args: Sequence[str] = (),
+        *,
+        stdin: str | bytes = "",
+        pass_fds: Sequence[int] = (),
+        ours: bool = False,
+    ) -> None:
+        """Start `/sandbox/<script>` with the language's interpreter; `pass_fds` stay open in it
+        under the same numbers. `ours=True` is for dsparity's own Python (the tests' judge, which
+        runs the task's tests on data, never an answer's code): it runs without the supervisor,
+        and bwrap's exit status is taken as its own."""
+        self._ours = ours
         status_r, status_w = os.pipe()
+        report_r, report_w = os.pipe()
+        seccomp_fd = _seccomp_fd()
+        self._limits = self._describe(seccomp_fd is not None)
+        argv = self._command(script, args, None if ours else report_w, status_w, seccomp_fd)
+        drop = (
+            [_SETPRIV, f"--reuid={self._uid}", f"--regid={self._uid}", "--clear-groups"] if self._uid else []
+        )
+        launcher = [
+            "/bin/sh",
+            "-c",
+            'for p in $DSPARITY_CGROUP_PROCS; do echo $$ > "$p" || exit 125; done; exec "$@"',
+            "dsparity-sandbox",
+            *drop,
+            *argv,
+        ]
+        env = {"PATH": "/usr/bin:/bin", "DSPARITY_CGROUP_PROCS": " ".join(self._cg.procs_files)}
+        fds = (status_w, report_w, *pass_fds) + (() if seccomp_fd is None else (seccomp_fd,))
+        self._outs = {
+            "stdout": bytearray(),
+            "stderr": bytearray(),
+            "status": bytearray(),
+            "report": bytearray(),
+        }
+        self._flooded, self._exited = threading.Event(), threading.Event()
+        self._timed_out = self._stopped = self._memory_killed = False
+        self._watch = None if self._cg.memory_limited else _MemoryWatch((self.memory_mb + _HEADROOM_MB) << 20)
+        self._stack.callback(os.close, status_r)
+        self._stack.callback(os.close, report_r)
         try:
-            # RLIMIT_NPROC counts every process of the host uid: only a fallback when no cgroup holds
-            nproc = None if cg.procs_files else max_processes
-            argv = _command(
-                bwrap, lang, work_dir, timeout_s, memory_mb, nproc, max_file_mb, seccomp_fd, status_w
-            )
-            launcher = [
-                "/bin/sh",
-                "-c",
-                'for p in $DSPARITY_CGROUP_PROCS; do echo $$ > "$p" || exit 125; done; exec "$@"',
-                "dsparity-sandbox",
-                *argv,
-            ]
-            env = {"PATH": "/usr/bin:/bin", "DSPARITY_CGROUP_PROCS": " ".join(cg.procs_files)}
-            return _execute(
+            (in_r, in_w), (out_r, out_w), (err_r, err_w) = (self._stdio_pipe() for _ in range(3))
+            self._t0 = time.monotonic()
+            self._proc = subprocess.Popen(
                 launcher,
-                env,
-                stdin,
-                timeout_s,
-                max_output_bytes,
-                cg,
-                limits,
-                (status_w,) if seccomp_fd is None else (status_w, seccomp_fd),
-                status_r,
-                status_w,
+                stdin=in_r,
+                stdout=out_w,
+                stderr=err_w,
+                env=env,
+                start_new_session=True,
+                pass_fds=fds,
             )
         finally:
-            os.close(status_r)
-            with contextlib.suppress(OSError):
-                os.close(status_w)
-            if seccomp_fd is not None:
-                os.close(seccomp_fd)
+            # the sandbox holds the only child ends now: EOF when it is gone
+            for fd in (status_w, report_w, in_r, out_w, err_w) + (
+                () if seccomp_fd is None else (seccomp_fd,)
+            ):
+                os.close(fd)
+        data = stdin.encode("utf-8") if isinstance(stdin, str) else stdin
+        stdin_w, stdout_r, stderr_r = os.fdopen(in_w, "wb"), os.fdopen(out_r, "rb"), os.fdopen(err_r, "rb")
+        self._threads = [
+            threading.Thread(target=self._read_capped, args=("stdout", stdout_r), daemon=True),
+            threading.Thread(target=self._read_capped, args=("stderr", stderr_r), daemon=True),
+            threading.Thread(target=_read_fd, args=(status_r, self._outs["status"]), daemon=True),
+            threading.Thread(target=_read_fd, args=(report_r, self._outs["report"]), daemon=True),
+            threading.Thread(target=_feed, args=(stdin_w, data), daemon=True),
+            threading.Thread(target=self._reap, daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
 
+    def wait(self) -> SandboxResult:
+        """Wait until the program ends or its time is up (then it is killed)."""
+        assert self._proc is not None, "start() first"
+        deadline = self._t0 + self.timeout_s
+        while not self._exited.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self._timed_out = True
+                self._kill()
+                break
+            if self._exited.wait(min(remaining, _WATCH_S) if self._watch else remaining):
+                break
+            if self._watch and self._watch.over(self._namespace()):
+                self._memory_killed = True
+                self._kill()
+                break
+        return self._finish()
 
-def _command(
-    bwrap: str,
-    lang: dict[str, Any],
-    work_dir: Path,
-    timeout_s: float,
-    memory_mb: int,
-    nproc: int | None,
-    max_file_mb: int,
-    seccomp_fd: int | None,
-    status_fd: int,
-) -> list[str]:
-    cpu = math.ceil(timeout_s) + 1
-    rlimits = ["prlimit", f"--cpu={cpu}:{cpu + 1}", f"--fsize={max_file_mb << 20}", "--nofile=64", "--core=0"]
-    if nproc is not None:
-        rlimits.append(f"--nproc={nproc}")
-    if not lang.get("no_as"):
-        rlimits.append(f"--as={memory_mb << 20}")
-    box = [
-        bwrap,
-        "--unshare-all",
-        "--unshare-user",
-        "--uid",
-        str(SANDBOX_UID),
-        "--gid",
-        str(SANDBOX_UID),
-        "--hostname",
-        "sandbox",
-        "--die-with-parent",
-        "--new-session",
-        "--clearenv",
-        "--cap-drop",
-        "ALL",
-        "--ro-bind",
-        "/usr",
-        "/usr",
-        "--symlink",
-        "usr/lib",
-        "/lib",
-        "--symlink",
-        "usr/lib64",
-        "/lib64",
-        "--symlink",
-        "usr/bin",
-        "/bin",
-        "--symlink",
-        "usr/sbin",
-        "/sbin",
-        "--proc",
-        "/proc",
-        "--dev",
-        "/dev",
-        "--tmpfs",
-        "/tmp",
-        "--ro-bind",
-        str(work_dir),
-        "/sandbox",
-        "--remount-ro",
-        "/",
-        "--chdir",
-        "/sandbox",
-        "--setenv",
-        "PATH",
-        "/usr/bin:/bin",
-        "--setenv",
-        "HOME",
-        "/tmp",
-        "--setenv",
-        "LANG",
-        "C.UTF-8",
-        "--setenv",
-        "PYTHONIOENCODING",
-        "utf-8",
-        "--setenv",
-        "PYTHONHASHSEED",
-        "0",
-    ]
-    if seccomp_fd is not None:
-        box += ["--seccomp", str(seccomp_fd)]
-    box += ["--json-status-fd", str(status_fd)]
-    return ["/usr/bin/prlimit", *rlimits[1:], "--", *box, *lang["argv"], f"/sandbox/{lang['file']}"]
+    def stop(self) -> SandboxResult:
+        """Kill the program now (if it still runs) and return its result."""
+        assert self._proc is not None, "start() first"
+        if not self._exited.is_set():
+            self._stopped = True
+            self._kill()
+        return self._finish()
 
+    def _stdio_pipe(self) -> tuple[int, int]:
+        """A pipe owned by the run's uid, so the program can reopen its own stdio by path
+        (`/dev/stdin`, `/dev/stdout`, a common idiom in JavaScript), as it could run directly."""
+        r, w = os.pipe()
+        if self._uid:
+            os.fchown(r, self._uid, self._uid)  # one inode for both ends
+        return r, w
 
-def _execute(
-    launcher: list[str],
-    env: dict[str, str],
-    stdin: str,
-    timeout_s: float,
-    cap: int,
-    cg: _Cgroup,
-    limits: dict[str, Any],
-    pass_fds: tuple[int, ...],
-    status_r: int,
-    status_w: int,
-) -> SandboxResult:
-    start = time.monotonic()
-    proc = subprocess.Popen(
-        launcher,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=env,
-        start_new_session=True,
-        pass_fds=pass_fds,
-    )
-    os.close(status_w)  # the sandbox holds the only write end now: EOF when it is gone
-    flooded = threading.Event()
-    outs: dict[str, bytearray] = {"stdout": bytearray(), "stderr": bytearray(), "status": bytearray()}
+    def _reap(self) -> None:
+        self._proc.wait()  # a blocking wait: the end is seen at once, not at the next poll
+        self._exited.set()
 
-    def kill() -> None:
+    def _kill(self) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
+            os.killpg(self._proc.pid, signal.SIGKILL)
 
-    def reader(name: str, stream) -> None:
-        buf = outs[name]
+    def _read_capped(self, name: str, stream) -> None:
+        buf = self._outs[name]
         while chunk := stream.read1(65536):
-            room = cap - len(buf)
+            room = self.cap - len(buf)
             buf += chunk[: max(room, 0)]
             if len(chunk) > room:
-                flooded.set()
-                kill()
+                self._flooded.set()
+                self._kill()
                 break
         stream.close()
 
-    def status_reader() -> None:
-        with contextlib.suppress(OSError):
-            while (chunk := os.read(status_r, 4096)) and len(outs["status"]) < 65536:
-                outs["status"] += chunk
+    def _namespace(self) -> tuple[str, int] | None:
+        """(PID namespace link, PID-1 pid) of the running sandbox, from bwrap's own status line
+        (written before the program starts, so the program cannot be first to write it)."""
+        first = bytes(self._outs["status"]).split(b"\n", 1)[0]
+        try:
+            info = json.loads(first)
+            return f"pid:[{int(info['pid-namespace'])}]", int(info["child-pid"])
+        except (ValueError, KeyError, TypeError):
+            return None
 
-    def writer() -> None:
-        with contextlib.suppress(BrokenPipeError, OSError):
-            proc.stdin.write(stdin.encode("utf-8"))
-        with contextlib.suppress(BrokenPipeError, OSError):
-            proc.stdin.close()
+    def _finish(self) -> SandboxResult:
+        if self._result is not None:
+            return self._result
+        self._exited.wait()
+        wall = time.monotonic() - self._t0
+        namespace = self._namespace()
+        self._cg.kill_all()
+        self._kill()  # anything left in the process group (there should be nothing)
+        if namespace:
+            _kill_namespace(namespace[0])
+        for t in self._threads:
+            t.join(timeout=5)
+        report = _parse_report(bytes(self._outs["report"]))
+        if self._ours and self._proc.returncode is not None and self._proc.returncode >= 0:
+            report = {"exit": self._proc.returncode, "cpu_s": 0.0, "maxrss_kb": 0}
+        ending = _Ending(
+            started=b'"child-pid"' in self._outs["status"],
+            timed_out=self._timed_out,
+            stopped=self._stopped,
+            flooded=self._flooded.is_set(),
+            memory_killed=self._memory_killed,
+            oom=self._cg.oom_killed(),
+            report=report,
+            memory_mb=self.memory_mb,
+            cpu_limit_s=self._limits["cpu_s"],
+        )
+        status = ending.classify()
+        stderr = self._outs["stderr"].decode("utf-8", errors="replace")
+        if status == "sandbox_error" and self._proc.returncode == _SETUP_FAILED:
+            stderr = "could not join the run's cgroup\n" + stderr
+        exit_code = None
+        if report is not None and not self._timed_out:
+            exit_code = report.get("exit", 128 + report.get("signal", 0))
+        if self._watch:
+            self._limits["memory_watch_peak_mb"] = round(self._watch.peak / (1 << 20), 1)
+        self._result = SandboxResult(
+            status,
+            exit_code,
+            self._outs["stdout"].decode("utf-8", errors="replace"),
+            stderr,
+            round(wall, 4),
+            self._limits,
+            signal=report.get("signal") if report else None,
+            cpu_s=report.get("cpu_s") if report else None,
+            peak_mb=round(report["maxrss_kb"] / 1024, 1) if report else None,
+        )
+        return self._result
 
-    threads = [
-        threading.Thread(target=reader, args=("stdout", proc.stdout), daemon=True),
-        threading.Thread(target=reader, args=("stderr", proc.stderr), daemon=True),
-        threading.Thread(target=writer, daemon=True),
-        threading.Thread(target=status_reader, daemon=True),
-    ]
-    for t in threads:
-        t.start()
-    timed_out = False
+    # ------------------------------------------------------------ the command line
+
+    def _cpu_s(self) -> int:
+        return math.ceil(self.timeout_s) + 1
+
+    def _nproc(self) -> int:
+        """RLIMIT_NPROC counts every task of the host uid: a fresh uid has none but ours; the
+        grader's own uid (not root) has its other processes too."""
+        limit = self.max_processes + _OWN_PROCESSES
+        return limit if self._uid else limit + _tasks_of(os.getuid())
+
+    def _address_space_mb(self) -> int:
+        return self.memory_mb + (_V8_RESERVE_MB if self.lang.get("v8") else 0)
+
+    def _describe(self, seccomp: bool) -> dict[str, Any]:
+        return {
+            "timeout_s": self.timeout_s,
+            "cpu_s": self._cpu_s(),
+            "memory_mb": self.memory_mb,
+            "memory_total": "cgroup" if self._cg.memory_limited else f"host watch every {_WATCH_S:g} s",
+            "address_space_mb": self._address_space_mb(),
+            "data_mb": self.memory_mb,
+            "tmp_mb": self.tmp_mb,
+            "shm_mb": _SHM_MB,
+            "file_mb": self.max_file_mb,
+            "open_files": 64,
+            "processes": self.max_processes,
+            "output_bytes": self.cap,
+            "uid": SANDBOX_UID,
+            "host_uid": self._uid if self._uid else os.getuid(),
+            "network": "own loopback only",
+            "cgroup": self._cg.description,
+            "seccomp": seccomp,
+        }
+
+    def _command(
+        self, script: str, args: Sequence[str], report_fd: int | None, status_fd: int, seccomp_fd: int | None
+    ) -> list[str]:
+        cpu, mb = self._cpu_s(), 1 << 20
+        rlimits = [
+            f"--cpu={cpu}:{cpu + 1}",
+            f"--as={self._address_space_mb() * mb}",
+            f"--data={self.memory_mb * mb}",
+            f"--fsize={self.max_file_mb * mb}",
+            "--nofile=64",
+            "--core=0",
+            f"--nproc={self._nproc()}",
+        ]
+        box = [
+            "--unshare-all",
+            "--unshare-user",
+            "--disable-userns",
+            "--uid",
+            str(SANDBOX_UID),
+            "--gid",
+            str(SANDBOX_UID),
+            "--hostname",
+            "sandbox",
+            "--die-with-parent",
+            "--new-session",
+            "--clearenv",
+            "--cap-drop",
+            "ALL",
+            "--ro-bind",
+            "/usr",
+            "/usr",
+            "--symlink",
+            "usr/lib",
+            "/lib",
+            "--symlink",
+            "usr/lib64",
+            "/lib64",
+            "--symlink",
+            "usr/bin",
+            "/bin",
+            "--symlink",
+            "usr/sbin",
+            "/sbin",
+            "--proc",
+            "/proc",
+            "--dev",
+            "/dev",
+            "--size",
+            str(self.tmp_mb * mb),
+            "--tmpfs",
+            "/tmp",
+            "--size",
+            str(_SHM_MB * mb),
+            "--tmpfs",
+            "/dev/shm",
+            "--remount-ro",
+            "/dev",
+            "--ro-bind",
+            str(self._work / "sandbox"),
+            "/sandbox",
+            "--ro-bind",
+            str(self._work / "dsparity"),
+            "/dsparity",
+            "--remount-ro",
+            "/",
+            "--chdir",
+            "/sandbox",
+            "--setenv",
+            "PATH",
+            "/usr/bin:/bin",
+            "--setenv",
+            "HOME",
+            "/tmp",
+            "--setenv",
+            "LANG",
+            "C.UTF-8",
+            "--setenv",
+            "PYTHONIOENCODING",
+            "utf-8",
+            "--setenv",
+            "PYTHONHASHSEED",
+            "0",
+            "--json-status-fd",
+            str(status_fd),
+        ]
+        if seccomp_fd is not None:
+            box += ["--seccomp", str(seccomp_fd)]
+        return [
+            "/usr/bin/prlimit",
+            *rlimits,
+            "--",
+            self._bwrap,
+            *box,
+            *self._program(script, args, report_fd),
+        ]
+
+    def _program(self, script: str, args: Sequence[str], report_fd: int | None) -> list[str]:
+        """The command bwrap runs: the program under the supervisor (a Python program runs in the
+        supervisor's forked child, sparing a second interpreter start-up), or ours alone."""
+        runtime = list(self.lang["argv"])
+        if self.lang.get("v8"):
+            runtime.append(f"--max-old-space-size={self.memory_mb}")
+        program = [*runtime, f"/sandbox/{script}", *args]
+        if report_fd is None:
+            return program
+        supervise = ["/dsparity/supervise.py", str(report_fd)]
+        if self.language == "python":
+            return [*runtime, *supervise, "--python", *program[len(runtime) :]]
+        return [_PYTHON, "-I", "-S", "-B", *supervise, "--", *program]
+
+
+@dataclass
+class _Ending:
+    """Everything trusted about how a run ended: the host's own timer and output caps, the cgroup's
+    OOM counters, the host's memory watch and the supervisor's report. Never the program's output."""
+
+    started: bool
+    timed_out: bool
+    stopped: bool
+    flooded: bool
+    memory_killed: bool
+    oom: bool
+    report: dict[str, Any] | None
+    memory_mb: int
+    cpu_limit_s: float
+
+    def classify(self) -> str:
+        if not self.started and not (self.timed_out or self.stopped):
+            return "sandbox_error"  # bwrap (or joining the cgroup) failed before the program ran
+        if self.flooded:
+            return "output_limit"
+        if self.timed_out:
+            return "timeout"
+        if self.memory_killed:
+            return "memory"
+        if self.report is None:
+            # killed by us while running, or its supervisor was killed (by the program itself)
+            return "stopped" if self.stopped else "runtime_error"
+        if self.report.get("exit") == 0:
+            return "ok"
+        if self.oom or self.report["maxrss_kb"] >= MEMORY_EVIDENCE * self.memory_mb * 1024:
+            return "memory"
+        if self.report.get("signal") in (signal.SIGXCPU, signal.SIGKILL) and self.report["cpu_s"] >= (
+            self.cpu_limit_s - 0.5
+        ):
+            return "timeout"  # RLIMIT_CPU: the CPU time it really used says so, not the signal alone
+        return "runtime_error"
+
+
+def _parse_report(data: bytes) -> dict[str, Any] | None:
+    """The supervisor's one line; None when it never wrote one (killed) or it is malformed."""
     try:
-        proc.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        timed_out = True
-        kill()
-        proc.wait()
-    wall = time.monotonic() - start
-    cg.kill_all()
-    kill()  # anything left in the process group (there should be nothing)
-    for t in threads:
-        t.join(timeout=5)
-    stdout = outs["stdout"].decode("utf-8", errors="replace")
-    stderr = outs["stderr"].decode("utf-8", errors="replace")
-    rc = proc.returncode
-    started = b'"child-pid"' in outs["status"]
-    status = _classify(rc, stderr, timed_out, flooded.is_set(), cg.oom_killed(), wall, timeout_s, started)
-    if status == "sandbox_error" and rc == _SETUP_FAILED:
-        stderr = "could not join the run's cgroup\n" + stderr
-    exit_code = None if timed_out or rc is None else (rc if rc >= 0 else 128 - rc)
-    return SandboxResult(status, exit_code, stdout, stderr, round(wall, 4), limits)
+        report = json.loads(data.split(b"\n", 1)[0])
+    except ValueError:
+        return None
+    if not isinstance(report, dict) or not isinstance(report.get("maxrss_kb"), int):
+        return None
+    if not isinstance(report.get("cpu_s"), int | float):
+        return None
+    if not (isinstance(report.get("exit"), int) or isinstance(report.get("signal"), int)):
+        return None
+    return report
 
 
-def _classify(
-    rc: int | None,
-    stderr: str,
-    timed_out: bool,
-    flooded: bool,
-    oom: bool,
-    wall: float,
-    timeout_s: float,
-    started: bool,
-) -> str:
-    if not started and not timed_out:
-        return "sandbox_error"  # bwrap (or joining the cgroup) failed before the program ran
-    if flooded:
-        return "output_limit"
-    if timed_out:
-        return "timeout"
-    if rc == 0:
-        return "ok"
-    if oom:
-        return "memory"
-    if rc in (128 + signal.SIGXCPU, -signal.SIGXCPU):
-        return "timeout"
-    if rc in (137, -9) and wall >= 0.9 * timeout_s:
-        return "timeout"
-    last = stderr.strip().splitlines()[-1] if stderr.strip() else ""
-    if last.startswith("MemoryError") or "Cannot allocate memory" in last or "heap out of memory" in stderr:
-        return "memory"
-    return "runtime_error"
+def _read_fd(fd: int, buf: bytearray, limit: int = 65536) -> None:
+    with contextlib.suppress(OSError):
+        while (chunk := os.read(fd, 4096)) and len(buf) < limit:
+            buf += chunk
+
+
+def _feed(stream, data: bytes) -> None:
+    with contextlib.suppress(BrokenPipeError, OSError):
+        stream.write(data)
+    with contextlib.suppress(BrokenPipeError, OSError):
+        stream.close()
+
+
+def _run_uid() -> int | None:
+    """A fresh host uid for one run when the grader is root (None otherwise): nothing else runs
+    under it, so RLIMIT_NPROC counts exactly the run's processes, and the sandbox is not root on the
+    host even in its own namespace's view of the world."""
+    if os.geteuid() != 0:
+        return None
+    if not os.access(_SETPRIV, os.X_OK):
+        raise SandboxUnavailable(
+            "sandbox",
+            "setpriv",
+            f"{_SETPRIV} is missing",
+            "install util-linux (`apt-get install util-linux`)",
+        )
+    return _RUN_UIDS[0] + secrets.randbelow(_RUN_UIDS[1])
+
+
+def _work_parent() -> str:
+    """The temp dir when every level of it is searchable by others (the run's uid must reach its
+    files), else /tmp."""
+    path = Path(tempfile.gettempdir()).resolve()
+    if all(p.stat().st_mode & stat.S_IXOTH for p in (path, *path.parents)):
+        return str(path)
+    return "/tmp"
+
+
+def _tasks_of(uid: int) -> int:
+    """Tasks (threads included: RLIMIT_NPROC counts them) the host uid already has."""
+    total = 0
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                status = Path(entry.path, "status").read_text()
+                uids = status.split("\nUid:", 1)[1].split()
+                if int(uids[0]) == uid:
+                    total += int(status.split("\nThreads:", 1)[1].split()[0])
+    return total
+
+
+def _namespace_members(link: str) -> list[int]:
+    pids = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/{entry.name}/ns/pid") == link:
+                    pids.append(int(entry.name))
+    return pids
+
+
+def _kill_namespace(link: str) -> None:
+    """SIGKILL whatever still lives in the run's PID namespace, through pidfds (no PID-reuse race)."""
+    for pid in _namespace_members(link):
+        with contextlib.suppress(OSError):
+            fd = os.pidfd_open(pid)
+            try:
+                if os.readlink(f"/proc/{pid}/ns/pid") == link:
+                    signal.pidfd_send_signal(fd, signal.SIGKILL)
+            finally:
+                os.close(fd)
+
+
+class _MemoryWatch:
+    """Without a memory cgroup the kernel bounds each process (RLIMIT_AS/DATA) but not their sum:
+    the host adds up, every `_WATCH_S`, the proportional set (anonymous + shared memory) of every
+    process in the run's PID namespace plus what its tmpfs mounts hold, and the run is killed over
+    `limit` bytes. Reading /proc as root sees processes that made themselves non-dumpable too."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.peak = 0
+
+    def over(self, namespace: tuple[str, int] | None) -> bool:
+        if namespace is None:
+            return False
+        link, pid1 = namespace
+        total = sum(_private_memory(pid) for pid in _namespace_members(link))
+        for mount in ("tmp", "dev/shm"):
+            with contextlib.suppress(OSError):
+                st = os.statvfs(f"/proc/{pid1}/root/{mount}")
+                total += (st.f_blocks - st.f_bfree) * st.f_frsize
+        self.peak = max(self.peak, total)
+        return total > self.limit
+
+
+def _private_memory(pid: int) -> int:
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return 0
+    fields = {}
+    for line in text.splitlines()[1:]:
+        parts = line.split()
+        if len(parts) >= 2 and parts[1].isdigit():
+            fields[parts[0].rstrip(":")] = int(parts[1]) << 10
+    if "Pss_Anon" in fields:
+        return fields["Pss_Anon"] + fields.get("Pss_Shmem", 0)
+    return fields.get("Rss", 0)
 
 
 class _Cgroup:
@@ -373,7 +730,7 @@ class _Cgroup:
     says why in `description`."""
 
     def __init__(self, memory_mb: int, max_processes: int):
-        self.memory_bytes = (memory_mb + 64) << 20  # headroom over RLIMIT_AS for the runtime itself
+        self.memory_bytes = (memory_mb + _HEADROOM_MB) << 20  # over RLIMIT_AS: the runtime itself
         self.max_processes = max_processes
         self.dirs: list[Path] = []
         self.procs_files: list[str] = []
@@ -389,16 +746,11 @@ class _Cgroup:
             elif (_CGROUP_ROOT / "cgroup.controllers").exists():
                 self._setup_v2(name)
             else:
-                self.description = (
-                    "unavailable: no pids cgroup controller mounted (fork bombs only slowed by RLIMIT_NPROC)"
-                )
+                self.description = "unavailable: no pids cgroup controller mounted"
         except OSError as exc:
             self._remove()
             self.dirs, self.procs_files = [], []
-            self.description = (
-                f"unavailable: {exc.strerror or exc} (fork bombs only slowed by RLIMIT_NPROC, "
-                "which does not apply to root)"
-            )
+            self.description = f"unavailable: {exc.strerror or exc}"
         return self
 
     def _own(self, controller: str) -> str:
@@ -467,6 +819,10 @@ class _Cgroup:
         self.procs_files.append(str(cg / "cgroup.procs"))
         self.description = "v2 " + ", ".join(parts)
 
+    @property
+    def memory_limited(self) -> bool:
+        return self._memory_dir is not None
+
     def pids(self) -> set[int]:
         found: set[int] = set()
         for f in self.procs_files:
@@ -522,10 +878,26 @@ class _Cgroup:
 # syscalls a test program never needs; EPERM keeps well-behaved runtimes working
 _DENIED_SYSCALLS = (
     "ptrace",
+    "process_vm_readv",
+    "process_vm_writev",
+    "kcmp",
+    "pidfd_getfd",
+    "process_madvise",
     "mount",
     "umount2",
+    "fsopen",
+    "fsconfig",
+    "fsmount",
+    "fspick",
+    "move_mount",
+    "open_tree",
+    "mount_setattr",
+    "pivot_root",
+    "chroot",
     "unshare",
     "setns",
+    "open_by_handle_at",
+    "name_to_handle_at",
     "keyctl",
     "add_key",
     "request_key",
@@ -536,24 +908,47 @@ _DENIED_SYSCALLS = (
     "finit_module",
     "delete_module",
     "kexec_load",
+    "kexec_file_load",
     "reboot",
     "swapon",
     "swapoff",
-    "pivot_root",
     "acct",
     "quotactl",
-    "process_vm_writev",
+    "quotactl_fd",
+    "lookup_dcookie",
+    "syslog",
+    "iopl",
+    "ioperm",
+    "vhangup",
 )
+# ENOSYS ("not in this kernel"): runtimes fall back (glibc's pthread_create to clone, libuv to its
+# thread pool). memfd and SysV shared memory would hold memory outside every tmpfs size and RLIMIT.
+_ABSENT_SYSCALLS = (
+    "clone3",
+    "io_uring_setup",
+    "io_uring_enter",
+    "io_uring_register",
+    "memfd_create",
+    "memfd_secret",
+    "shmget",
+    "msgget",
+)
+# clone() flags that create namespaces (clone3 is absent, so its flags need no filter)
+_NAMESPACE_FLAGS = (0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000, 0x20000000, 0x40000000)
 
 _SECCOMP_SCRIPT = r"""
 import errno, socket, sys
 import seccomp
 f = seccomp.SyscallFilter(defaction=seccomp.ALLOW)
-for name in sys.argv[2].split(","):
-    try:
-        f.add_rule(seccomp.ERRNO(errno.EPERM), name)
-    except Exception:
-        pass
+denied, absent, flags = sys.argv[2].split(","), sys.argv[3].split(","), sys.argv[4].split(",")
+for names, action in ((denied, seccomp.ERRNO(errno.EPERM)), (absent, seccomp.ERRNO(errno.ENOSYS))):
+    for name in names:
+        try:
+            f.add_rule(action, name)
+        except Exception:
+            pass  # not a syscall on this architecture or libseccomp version
+for flag in map(int, flags):
+    f.add_rule(seccomp.ERRNO(errno.EPERM), "clone", seccomp.Arg(0, seccomp.MASKED_EQ, flag, flag))
 f.add_rule(seccomp.ERRNO(errno.EACCES), "socket", seccomp.Arg(0, seccomp.NE, socket.AF_UNIX))
 with open(sys.argv[1], "wb") as out:
     f.export_bpf(out)
@@ -563,13 +958,21 @@ with open(sys.argv[1], "wb") as out:
 @functools.lru_cache(maxsize=1)
 def _seccomp_program() -> bytes | None:
     """Compile the filter once with Debian's python3-seccomp (absent: no filter; namespaces still hold)."""
-    if not os.access("/usr/bin/python3", os.X_OK):
+    if not os.access(_PYTHON, os.X_OK):
         return None
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "filter.bpf"
         try:
             subprocess.run(
-                ["/usr/bin/python3", "-c", _SECCOMP_SCRIPT, str(out), ",".join(_DENIED_SYSCALLS)],
+                [
+                    _PYTHON,
+                    "-c",
+                    _SECCOMP_SCRIPT,
+                    str(out),
+                    ",".join(_DENIED_SYSCALLS),
+                    ",".join(_ABSENT_SYSCALLS),
+                    ",".join(map(str, _NAMESPACE_FLAGS)),
+                ],
                 check=True,
                 capture_output=True,
                 timeout=30,
@@ -618,8 +1021,9 @@ def sandbox_status() -> dict[str, Any]:
         cgroup = cg.description
     return {
         "bwrap": bwrap_path(),
-        "python": os.access("/usr/bin/python3", os.X_OK),
+        "python": os.access(_PYTHON, os.X_OK),
         "node": os.access("/usr/bin/node", os.X_OK),
         "seccomp": _seccomp_program() is not None,
         "cgroup": cgroup,
+        "run_uid": "fresh per run" if os.geteuid() == 0 else "the grader's own",
     }
