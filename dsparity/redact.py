@@ -96,6 +96,14 @@ def redact_obj(value: Any) -> Any:
 
 
 def _redact_record(record: logging.LogRecord) -> None:
+    # Arguments one by one first: formatters that read record.args (uvicorn's access log
+    # unpacks it) keep working; a secret that only shows once formatted collapses the record.
+    if isinstance(record.msg, str):
+        record.msg = redact(record.msg)
+    if isinstance(record.args, tuple):
+        record.args = tuple(redact(a) if isinstance(a, str) else a for a in record.args)
+    elif isinstance(record.args, dict):
+        record.args = {k: redact(v) if isinstance(v, str) else v for k, v in record.args.items()}
     try:
         message = record.getMessage()
     except Exception:  # a malformed call is logging's to report, not ours
