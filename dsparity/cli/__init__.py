@@ -38,6 +38,13 @@ def main() -> None:
     except KeyboardInterrupt:
         console.print("interrupted: finished samples are stored; re-run the command to resume")
         sys.exit(130)
+    except Exception:  # a bug: the traceback still shows, with database passwords and keys masked
+        import traceback
+
+        from dsparity.redact import redact
+
+        sys.stderr.write(redact(traceback.format_exc()))
+        sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)
 
 def _fail(line: str) -> None:

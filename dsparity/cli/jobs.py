@@ -17,6 +17,7 @@ from dsparity.cli.base import (
     out,
 )
 from dsparity.errors import DsparityError
+from dsparity.redact import redact
 
 Now = Annotated[str | None, typer.Option(
     "--now", help="Pretend it is this time (ISO 8601, e.g. 2026-01-02T03:00:00+00:00): for tests "
@@ -102,5 +103,5 @@ def jobs_history(name: Annotated[str | None, typer.Argument(help="Job name [defa
     for r in store.job_runs(name):
         table.add_row(r["job"], r["id"], r["trigger"],
                       time.strftime("%Y-%m-%d %H:%M", time.localtime(r["started_at"])), r["status"],
-                      r["verdict"] or "", str(len(r["drift"] or [])), r["cause"] or "")
+                      r["verdict"] or "", str(len(r["drift"] or [])), redact(r["cause"] or ""))
     out.print(table)

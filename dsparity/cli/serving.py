@@ -62,8 +62,9 @@ def dashboard(
     import uvicorn
 
     from dsparity.evals.dashboard import create_app, is_loopback
+    from dsparity.redact import secret
 
-    token = os.environ.get(token_env) or None
+    token = secret(os.environ.get(token_env) or None)  # masked wherever it could show (a log line)
     if not is_loopback(host) and not token:
         raise DsparityError("--host", host, f"binding beyond loopback needs a token in ${token_env}",
                             f"export {token_env}=<a long random string>, or bind 127.0.0.1")

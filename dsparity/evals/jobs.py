@@ -34,6 +34,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 
 from dsparity.errors import DsparityError
+from dsparity.redact import redact, redact_obj, secret
 
 EXIT_OK, EXIT_ALERT, EXIT_FAILED = 0, 1, 4
 ALERT_EVENTS = ("failure", "drift", "regression")
@@ -78,9 +79,8 @@ class JobSpec:
         return d
 
     def webhook_url(self) -> str | None:
-        if self.webhook_env:
-            return os.environ.get(self.webhook_env) or None
-        return self.webhook
+        """The webhook URL, registered as a secret (a Slack URL is a bearer token)."""
+        return secret(os.environ.get(self.webhook_env) or None if self.webhook_env else self.webhook)
 
 
 def load_job(path: Path) -> JobSpec:
@@ -172,6 +172,12 @@ def load_job(path: Path) -> JobSpec:
         raise DsparityError(src, "alerts", f"expected a mapping with {', '.join(sorted(ALERT_KEYS))}")
     job.webhook = alerts.get("webhook")
     job.webhook_env = alerts.get("webhook_env")
+    if job.webhook is not None and _webhook_problem(job.webhook):  # the URL itself is not echoed
+        raise DsparityError(src, "alerts.webhook", _webhook_problem(job.webhook),
+                            "write the full http(s) URL, or keep it in an environment variable "
+                            "named by alerts.webhook_env")
+    if job.webhook_env is not None and (not isinstance(job.webhook_env, str) or not job.webhook_env):
+        raise DsparityError(src, "alerts.webhook_env", "expected the name of an environment variable")
     on = alerts.get("on", list(ALERT_EVENTS))
     on = [on] if isinstance(on, str) else on
     if not isinstance(on, list) or set(on) - set(ALERT_EVENTS):
@@ -260,17 +266,30 @@ def holder_id() -> str:
 
 
 class _Heartbeat:
-    """Keeps a lease alive while a long comparison runs."""
+    """Keeps a lease alive while a long comparison runs, and notices when it was lost: once
+    another holder took it (this process stalled past the lease's expiry), it stays lost."""
 
     def __init__(self, store, name: str, holder: str, ttl_s: float):
         self.store, self.name, self.holder, self.ttl_s = store, name, holder, ttl_s
         self.stop = threading.Event()
+        self.lost = threading.Event()
         self.thread = threading.Thread(target=self._beat, daemon=True, name="dsparity-lease")
 
     def _beat(self) -> None:
         while not self.stop.wait(self.ttl_s / 4):
-            with contextlib.suppress(Exception):  # a missed beat is retried; the slot row guards
-                self.store.acquire_lease(self.name, self.holder, self.ttl_s)
+            self._renew()
+
+    def _renew(self) -> None:
+        try:
+            if not self.store.acquire_lease(self.name, self.holder, self.ttl_s):
+                self.lost.set()
+        except Exception:  # a missed beat (database busy) is retried at the next one
+            pass
+
+    def holds(self) -> bool:
+        """Whether this process still holds the lease, renewed now (checked before recording)."""
+        self._renew()
+        return not self.lost.is_set()
 
     def __enter__(self):
         self.thread.start()
@@ -294,7 +313,7 @@ def run_job(store, job: JobSpec, *, trigger: str = "manual", slot: float | None 
         log(f"job {job.name}: running in another process ({other.get('holder', '?')}); skipped")
         return JobOutcome(job.name, None, "skipped", cause="running elsewhere")
     try:
-        with _Heartbeat(store, lease, holder, lease_ttl_s):
+        with _Heartbeat(store, lease, holder, lease_ttl_s) as heartbeat:
             store.fail_orphaned_job_runs(job.name, "the process running it stopped before it finished")
             if trigger == "schedule":
                 last = store.last_slot(job.name)
@@ -304,13 +323,13 @@ def run_job(store, job: JobSpec, *, trigger: str = "manual", slot: float | None 
             jid = store.start_job_run(job.name, slot if slot is not None else now, trigger, holder)
             if jid is None:
                 return JobOutcome(job.name, None, "skipped", cause="already ran this slot")
-            outcome = _execute(store, job, jid, log, show_progress)
+            outcome = _execute(store, job, jid, log, show_progress, heartbeat)
     finally:
         store.release_lease(lease, holder)
     return outcome
 
 
-def _execute(store, job: JobSpec, jid: str, log, show_progress: bool) -> JobOutcome:
+def _execute(store, job: JobSpec, jid: str, log, show_progress: bool, heartbeat: _Heartbeat) -> JobOutcome:
     outcome = JobOutcome(job.name, jid, "failed")
     summary = None
     fields: dict[str, Any] = {}
@@ -318,7 +337,11 @@ def _execute(store, job: JobSpec, jid: str, log, show_progress: bool) -> JobOutc
         comparison, cand, base = _compare(store, job, log, show_progress)
         fields.update(candidate_run=cand.run_id, baseline_run=base.run_id)
         problem = _run_problem(job, "candidate", cand) or _run_problem(job, "baseline", base)
-        if problem:
+        if not heartbeat.holds():  # another process took the job over: its results are not ours to record
+            other = (store.lease(heartbeat.name) or {}).get("holder", "?")
+            outcome.cause = (f"lost the job's lease to {other} while running (this process stalled "
+                             f"past the lease's {heartbeat.ttl_s:g} s): no comparison recorded")
+        elif problem:
             outcome.cause = problem
         else:
             cid = store.put_comparison(cand.run_id, base.run_id, comparison["margin"],
@@ -335,7 +358,7 @@ def _execute(store, job: JobSpec, jid: str, log, show_progress: bool) -> JobOutc
     except DsparityError as exc:
         outcome.cause = exc.line()
     except Exception as exc:  # a job must record why it failed, whatever failed
-        outcome.cause = f"{type(exc).__name__}: {exc}"
+        outcome.cause = redact(f"{type(exc).__name__}: {exc}")
     outcome.alerts = send_alerts(job, outcome)
     store.finish_job_run(jid, status=outcome.status, verdict=outcome.verdict, cause=outcome.cause,
                          comparison_id=outcome.comparison_id, summary=summary, drift=outcome.drift,
@@ -465,18 +488,37 @@ def send_alerts(job: JobSpec, outcome: JobOutcome) -> list[dict]:
         return []
     if not url:
         return [{"events": events, "sent": False, "reason": "no webhook configured"}]
+    if problem := _webhook_problem(url):  # from the environment: checked only now
+        return [{"events": events, "sent": False, "reason": f"webhook URL {problem}"}]
     import httpx
 
-    payload = {"text": alert_text(job, outcome), "job": job.name, "events": events,
-               "status": outcome.status, "verdict": outcome.verdict, "cause": outcome.cause,
-               "drift": outcome.drift, "job_run": outcome.job_run,
-               "comparison": outcome.comparison_id,
-               "candidate": job.candidate, "baseline": job.baseline or "(served default)"}
+    payload = redact_obj({"text": alert_text(job, outcome), "job": job.name, "events": events,
+                          "status": outcome.status, "verdict": outcome.verdict, "cause": outcome.cause,
+                          "drift": outcome.drift, "job_run": outcome.job_run,
+                          "comparison": outcome.comparison_id,
+                          "candidate": job.candidate, "baseline": job.baseline or "(served default)"})
     try:
         response = httpx.post(url, json=payload, timeout=10)
         return [{"events": events, "sent": True, "status_code": response.status_code}]
-    except httpx.HTTPError as exc:  # the run is recorded whatever happens to the alert
-        return [{"events": events, "sent": False, "reason": f"{type(exc).__name__}: {exc}"}]
+    except Exception as exc:  # the run is recorded whatever happens to the alert (httpx.InvalidURL
+        # is no httpx.HTTPError); the reason may quote the URL, which is a secret
+        return [{"events": events, "sent": False, "reason": redact(f"{type(exc).__name__}: {exc}")}]
+
+
+def _webhook_problem(url: Any) -> str | None:
+    """Why a webhook URL cannot be posted to, without quoting it (it is a secret)."""
+    import httpx
+
+    if not isinstance(url, str):
+        return f"is not a string ({type(url).__name__})"
+    secret(url)
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, ValueError, TypeError) as exc:
+        return f"is not a valid URL ({redact(str(exc))})"
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        return "is not an http(s) URL with a host"
+    return None
 
 
 # -- many jobs -------------------------------------------------------------------------------

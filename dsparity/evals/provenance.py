@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import dsparity
+from dsparity.redact import redact
 
 PACKAGES = ("torch", "transformers", "tokenizers", "lm_eval", "openai", "datasets", "sqlalchemy")
 
@@ -44,5 +45,5 @@ def collect() -> dict:
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "packages": package_versions(),
-        "argv": sys.argv,
+        "argv": [redact(a) for a in sys.argv],  # `--db postgresql://user:PW@...` keeps no PW
     }

@@ -5,6 +5,11 @@
                                                 e.g. openai:deepseek-chat@https://api.deepseek.com
 
 Keys are validated here, so a typo fails before anything runs.
+
+API keys: an openai endpoint gets the key held by the environment variable its spec names with
+`api_key_env=NAME`, and no other. Without `api_key_env` no key is sent (OPENAI_API_KEY goes to
+https://api.openai.com only), so a key set for one provider never reaches another endpoint, a
+plain-http server or a mistyped host.
 """
 
 from __future__ import annotations
@@ -34,7 +39,8 @@ LOCAL_KEYS = {
     "label": "name used in reports instead of the spec",
 }
 OPENAI_KEYS = {
-    "api_key_env": "environment variable holding the key (default OPENAI_API_KEY)",
+    "api_key_env": "environment variable holding the API key; without it no key is sent (except "
+                   "OPENAI_API_KEY to https://api.openai.com)",
     "concurrency": "requests in flight (int)",
     "timeout": "seconds per attempt (float)",
     "retries": "attempts after the first on 429/5xx/network errors (int)",

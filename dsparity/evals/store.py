@@ -41,6 +41,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from dsparity.errors import DsparityError
 from dsparity.evals.backends.base import Completion
+from dsparity.redact import redact, secret_url
 
 # Bump with a function in MIGRATIONS: an older database is brought up to date when it is opened.
 SCHEMA_VERSION = 3
@@ -199,7 +200,7 @@ class SampleKey:
 
 class Store:
     def __init__(self, url: str | None = None):
-        self.url = url or default_url()
+        self.url = secret_url(url or default_url())  # its password is masked wherever it shows
         self.engine = _connect(self.url)
         try:
             self._open_schema()
@@ -244,7 +245,7 @@ class Store:
                                 f"was written by a newer dsparity (schema {version})",
                                 "upgrade dsparity")
         for step in range(version + 1, SCHEMA_VERSION + 1):
-            logging.getLogger("dsparity.store").info("migrating %s to schema %d", self.url, step)
+            logging.getLogger("dsparity.store").info("migrating %s to schema %d", redact(self.url), step)
             MIGRATIONS[step](c)
             c.execute(update(meta).where(meta.c.key == "schema_version").values(value=str(step)))
 
@@ -277,11 +278,15 @@ class Store:
     def run(self, run_id: str) -> dict[str, Any]:
         with self.engine.connect() as c:
             row = c.execute(select(runs).where(runs.c.id == run_id)).mappings().first()
-            if row is None:  # accept a unique prefix, as people copy short ids
-                rows = c.execute(select(runs).where(runs.c.id.like(f"{run_id}%"))).mappings().all()
+            rows = []
+            if row is None and run_id:  # accept a unique prefix, as people copy short ids
+                # autoescape: '%' and '_' in what was typed are characters, not LIKE wildcards
+                rows = c.execute(select(runs).where(runs.c.id.startswith(run_id, autoescape=True))
+                                 .limit(2)).mappings().all()
                 row = rows[0] if len(rows) == 1 else None
         if row is None:
-            raise DsparityError(f"database {self.url}", f"run {run_id!r}", "no such run",
+            raise DsparityError(f"database {self.url}", f"run {run_id!r}",
+                                "is the prefix of several runs" if rows else "no such run",
                                 "list runs with `dsparity runs`")
         return dict(row)
 

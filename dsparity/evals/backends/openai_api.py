@@ -23,8 +23,10 @@ from dsparity.errors import DsparityError
 from dsparity.evals.backends.base import Completion, Request, ScoreRequest, Span, Usage
 from dsparity.evals.backends.limits import CoolDown, RateLimiter
 from dsparity.evals.specs import ModelSpec
+from dsparity.redact import redact, secret
 
 RETRYABLE_STATUS = {408, 409, 429, 500, 502, 503, 504}
+OPENAI_HOST = "api.openai.com"  # the one endpoint OPENAI_API_KEY goes to without being named
 MAX_RETRY_AFTER_S = 120.0
 
 
@@ -47,9 +49,9 @@ class OpenAIBackend:
         self.timeout = float(spec.opt("timeout", 300.0))
         self.stream = spec.opt("stream", "false") == "true"
         urls = [u.strip().rstrip("/") for u in (spec.base_url or "").split(",") if u.strip()]
-        key_env = str(spec.opt("api_key_env", "OPENAI_API_KEY"))
-        self._key = os.environ.get(key_env) or ""
-        if not self._key and not all(_is_loopback(u) for u in urls):
+        key_env = _key_variable(spec, urls)
+        self._key = secret(os.environ.get(key_env) or "") if key_env else ""
+        if key_env and not self._key and not all(_is_loopback(u) for u in urls):
             raise DsparityError(f"model spec {spec.text}", "api_key_env",
                                 f"environment variable {key_env} is not set",
                                 f"export {key_env}=... or name another variable with api_key_env=")
@@ -84,6 +86,10 @@ class OpenAIBackend:
                 if isinstance(length, int) and length > 0:
                     self.max_model_len = min(length, self.max_model_len or length)
         except openai.AuthenticationError:
+            if not self._key:
+                raise DsparityError(where, "api_key_env", f"{replica.url} asks for an API key and this "
+                                    "spec sends none", "name the variable that holds the key: add "
+                                    "api_key_env=NAME to the spec") from None
             raise DsparityError(where, "api key", f"{replica.url} rejected the API key",
                                 "check the key in the environment variable") from None
         except (openai.APIConnectionError, openai.APITimeoutError):
@@ -174,8 +180,9 @@ class OpenAIBackend:
         return last
 
     def _error(self, message: str, error_class: str) -> Completion:
-        if self._key:
-            message = message.replace(self._key, "***")
+        # A server can echo what it was sent (the key) into the error text we keep; a key too
+        # short to register as a secret is still masked here.
+        message = redact(message.replace(self._key, "***") if self._key else message)
         return Completion(error=message, error_class=error_class)
 
     def _params(self, request: Request) -> dict[str, Any]:
@@ -337,6 +344,17 @@ def _retry_after(response) -> float | None:
 
 def _backoff(attempt: int) -> float:
     return min(30.0, 0.5 * 2**attempt) * (0.5 + random.random() / 2)
+
+
+def _key_variable(spec: ModelSpec, urls: list[str]) -> str | None:
+    """The environment variable whose key this endpoint gets: the one its spec names, else
+    OPENAI_API_KEY for OpenAI's own API over https, else none. An ambient key never goes to an
+    endpoint nobody named it for (a colleague's vLLM box, a plain-http server, a typo'd host)."""
+    if spec.opt("api_key_env"):
+        return str(spec.opt("api_key_env"))
+    if urls and all(urlparse(u).scheme == "https" and urlparse(u).hostname == OPENAI_HOST for u in urls):
+        return "OPENAI_API_KEY"
+    return None
 
 
 def _is_loopback(url: str | None) -> bool:

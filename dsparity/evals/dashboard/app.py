@@ -15,24 +15,38 @@ from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from jinja2 import ChoiceLoader, PackageLoader
+from markupsafe import Markup
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.base import BaseHTTPMiddleware
 
-from dsparity.evals.dashboard.views import FILTERS, filter_rows, pair_samples, trend_svg, word_diff
+from dsparity.evals.dashboard import queries
+from dsparity.evals.dashboard.views import (
+    DIFF_CHARS,
+    DIFF_WORK,
+    FILTERS,
+    PAGE_DIFF_WORK,
+    filter_rows,
+    pair_index,
+    trend_svg,
+    with_texts,
+    word_diff,
+)
 from dsparity.evals.report import _env as report_env
 from dsparity.evals.report import reproduce_command
 from dsparity.evals.report.charts import forest_plot_svg
 from dsparity.evals.store import Store
+from dsparity.redact import redact
 
 STATIC = Path(__file__).parent / "static"
 REPORT_CSS = Path(__file__).parent.parent / "report" / "templates" / "parts" / "style.css"
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
        "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "[::1]", "::1"}
-PAGE = 100
 IdParam = Annotated[str, PathParam(pattern=r"^[0-9a-f]{4,32}$")]
 JobParam = Annotated[str, PathParam(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")]
 ShortText = Annotated[str, Query(max_length=200)]
+PageNo = Annotated[int, Query(ge=1, le=1_000_000)]
+SHOWN_CHARS = DIFF_CHARS  # of each answer and reasoning read for a samples page (4,000 are shown)
 IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp"}
 
 
@@ -96,6 +110,14 @@ def _finite(v: Any) -> Any:
     return None if isinstance(v, float) and not math.isfinite(v) else v
 
 
+def _redacted(value: Any) -> Any:
+    """Every value a page prints passes here (jinja's finalize): a database URL or key stored
+    by an older dsparity, or echoed into an error, shows masked."""
+    if isinstance(value, Markup):
+        return Markup(redact(str(value)))
+    return redact(value) if isinstance(value, str) else value
+
+
 def create_app(store: Store | str, *, token: str | None = None) -> FastAPI:
     store = store if isinstance(store, Store) else Store(store)
     app = FastAPI(title="dsparity dashboard", docs_url=None, redoc_url=None, openapi_url=None)
@@ -106,12 +128,14 @@ def create_app(store: Store | str, *, token: str | None = None) -> FastAPI:
         "%Y-%m-%d %H:%M")
     env.filters["pretty"] = lambda v: json.dumps(v, indent=1, ensure_ascii=False, default=str)
     env.globals["urlencode"] = urlencode
+    env.finalize = _redacted
+    # A text read cut (queries.sample_rows) knows its full length: say how much is not shown.
+    env.filters["clip_of"] = lambda s, total, n: s[:n] + (f"… [{total - n} more chars]" if total > n else "")
+
+    verdicts: dict[str, str | None] = {}  # comparison id -> overall verdict (results never change)
 
     def page(name: str, status: int = 200, **context: Any) -> HTMLResponse:
         return HTMLResponse(env.get_template(name).render(**context), status_code=status)
-
-    def job_of_comparisons() -> dict[str, str]:
-        return {r["comparison_id"]: r["job"] for r in store.job_runs() if r["comparison_id"]}
 
     @app.get("/static/{name}")
     def static(name: Annotated[str, PathParam(pattern=r"^[a-z]+\.(css|js)$")]):
@@ -130,28 +154,16 @@ def create_app(store: Store | str, *, token: str | None = None) -> FastAPI:
 
     @app.get("/", response_class=HTMLResponse)
     def index(model: ShortText = "", suite: ShortText = "", job: ShortText = "", since: ShortText = "",
-              until: ShortText = ""):
+              until: ShortText = "", cpage: PageNo = 1, rpage: PageNo = 1):
+        """One page of comparisons and one of runs, newest first, filtered inside the database."""
         lo, hi = _date(since, "since"), _date(until, "until", end=True)
-        jobs_by_cid = job_of_comparisons()
-        jobs_by_run = {r[k]: r["job"] for r in store.job_runs() for k in ("candidate_run", "baseline_run")
-                       if r[k]}
-        m = model.casefold()
-
-        def when_ok(t: float) -> bool:
-            return (lo is None or t >= lo) and (hi is None or t < hi)
-
-        comparisons = [c | {"job": jobs_by_cid.get(c["id"], "")} for c in store.list_comparisons()]
-        comparisons = [c for c in comparisons if when_ok(c["created_at"])
-                       and (not m or m in f"{c['candidate_label']} {c['baseline_label']}".casefold())
-                       and (not suite or c["suite"] == suite) and (not job or c["job"] == job)]
-        runs = [r | {"job": jobs_by_run.get(r["id"], "")} for r in reversed(store.list_runs())]
-        runs = [r for r in runs if when_ok(r["created_at"])
-                and (not m or m in f"{r['label']} {r['model_spec']}".casefold())
-                and (not suite or r["suite"] == suite) and (not job or r["job"] == job)]
-        return page("index.j2.html", comparisons=comparisons, runs=runs,
-                    f={"model": model, "suite": suite, "job": job, "since": since, "until": until},
-                    suites=sorted({r["suite"] for r in store.list_runs()}),
-                    jobs=sorted(j["name"] for j in store.list_jobs()))
+        f = {"model": model, "suite": suite, "job": job, "since": since, "until": until}
+        comparisons = queries.comparisons_page(store, model=model, suite=suite, job=job, lo=lo, hi=hi,
+                                               number=cpage, verdicts=verdicts)
+        runs = queries.runs_page(store, model=model, suite=suite, job=job, lo=lo, hi=hi, number=rpage)
+        suites, jobs = queries.suites_and_jobs(store)
+        return page("index.j2.html", comparisons=comparisons, runs=runs, f=f, suites=suites, jobs=jobs,
+                    pages={"cpage": cpage, "rpage": rpage})
 
     @app.get("/runs/{run_id}", response_class=HTMLResponse)
     def run_page(run_id: IdParam):
@@ -159,13 +171,8 @@ def create_app(store: Store | str, *, token: str | None = None) -> FastAPI:
             run = store.run(run_id)
         except Exception:
             raise HTTPException(404, "no such run") from None
-        grades = store.grades(run["id"])
-        per_task: dict[str, list[float]] = {}
-        for k, g in grades.items():
-            per_task.setdefault(k.task, []).append(g["score"])
-        errors = sum(1 for s in store.samples(run["id"]) if s["error"])
-        return page("run.j2.html", run=run, errors=errors,
-                    per_task={t: (sum(v) / len(v), len(v)) for t, v in sorted(per_task.items())})
+        per_task, errors = queries.run_figures(store, run["id"])
+        return page("run.j2.html", run=run, errors=errors, per_task=per_task)
 
     def comparison_or_404(cid: str) -> dict[str, Any]:
         row = store.comparison(cid)
@@ -177,27 +184,38 @@ def create_app(store: Store | str, *, token: str | None = None) -> FastAPI:
     def comparison_page(cid: IdParam):
         row = comparison_or_404(cid)
         c = row["result"]
-        return page("comparison.j2.html", c=c, cid=cid, job=job_of_comparisons().get(cid),
+        return page("comparison.j2.html", c=c, cid=cid, job=queries.job_of(store, cid),
                     reproduce=reproduce_command(c), forest_svg=forest_plot_svg(c["tasks"], c["margin"]))
 
     @app.get("/comparisons/{cid}/samples", response_class=HTMLResponse)
     def samples_page(cid: IdParam, filter: ShortText = "all", task: ShortText = "", grader: ShortText = "",
                      q: ShortText = "", page_no: Annotated[int, Query(alias="page", ge=1, le=100_000)] = 1):
+        """Filters and search run over light columns (or inside the database); texts are read for
+        the page's rows only, and the page's word diffs share one work budget."""
         if filter not in FILTERS:
             raise HTTPException(400, f"filter: expected one of {', '.join(FILTERS)}")
-        row = comparison_or_404(cid)
-        rows = pair_samples(store, row["candidate_run"], row["baseline_run"])
-        tasks, graders = sorted({r["task"] for r in rows}), sorted({r["grader"] for r in rows})
-        shown = filter_rows(rows, kind=filter, task=task, grader=grader, query=q)
-        pages = max(1, math.ceil(len(shown) / PAGE))
-        chunk = shown[(page_no - 1) * PAGE: page_no * PAGE]
+        row = queries.comparison_head(store, cid)  # not the result: it can hold megabytes of answers
+        if row is None:
+            raise HTTPException(404, "no such comparison")
+        cand, base = row["candidate_run"], row["baseline_run"]
+        index = pair_index(store, cand, base)
+        tasks, graders = sorted({r["task"] for r in index}), sorted({r["grader"] for r in index})
+        matching = queries.search(store, [store.run(cand)["id"], store.run(base)["id"]], q) if q else None
+        shown = filter_rows(index, kind=filter, task=task, grader=grader, matching=matching)
+        size = queries.SAMPLE_ROWS
+        pages = max(1, math.ceil(len(shown) / size))
+        chunk = with_texts(store, cand, base, shown[(page_no - 1) * size: page_no * size], chars=SHOWN_CHARS)
+        left = PAGE_DIFF_WORK
         for r in chunk:
-            if r["candidate"] and r["baseline"]:
-                r["diff"] = word_diff(r["candidate"]["text"], r["baseline"]["text"])
-        counts = {k: len(filter_rows(rows, kind=k, task="", grader="", query="")) for k in FILTERS}
-        return page("samples.j2.html", c=row["result"], cid=cid, rows=chunk, total=len(shown),
+            if r["disagreement"] and r["candidate"] and r["baseline"]:  # the page shows diffs there only
+                c, b = r["candidate"], r["baseline"]
+                r["diff"] = word_diff(c["text"], b["text"], budget=max(0, min(DIFF_WORK, left)))
+                r["diff"].clipped |= any(x["text_chars"] > len(x["text"]) for x in (c, b))  # cut when read
+                left -= r["diff"].work
+        counts = {k: len(filter_rows(index, kind=k, task="", grader="")) for k in FILTERS}
+        return page("samples.j2.html", c=row, cid=cid, rows=chunk, total=len(shown),
                     counts=counts, tasks=tasks, graders=graders, page_no=page_no, pages=pages,
-                    f={"filter": filter, "task": task, "grader": grader, "q": q})
+                    diff_chars=DIFF_CHARS, f={"filter": filter, "task": task, "grader": grader, "q": q})
 
     @app.get("/comparisons/{cid}/shot")
     def screenshot(cid: IdParam, side: Annotated[str, Query(pattern="^(candidate|baseline)$")],
@@ -205,12 +223,11 @@ def create_app(store: Store | str, *, token: str | None = None) -> FastAPI:
                    i: Annotated[int, Query(ge=0, le=1000)]):
         """A web task's screenshot: the file is the one the grader recorded, never a path from
         the URL."""
-        row = comparison_or_404(cid)
+        row = queries.comparison_head(store, cid)
+        if row is None:
+            raise HTTPException(404, "no such comparison")
         run_id = row["candidate_run" if side == "candidate" else "baseline_run"]
-        from dsparity.evals.store import SampleKey
-
-        grade = store.grades(run_id).get(SampleKey(task, doc, repeat))
-        shots = ((grade or {}).get("details") or {}).get("screenshots") or []
+        shots = queries.grade_details(store, run_id, task, doc, repeat).get("screenshots") or []
         if i >= len(shots) or not isinstance(shots[i], str):
             raise HTTPException(404, "no such screenshot")
         path = Path(shots[i])
@@ -220,22 +237,17 @@ def create_app(store: Store | str, *, token: str | None = None) -> FastAPI:
 
     @app.get("/jobs", response_class=HTMLResponse)
     def jobs_page():
-        history = store.job_runs()
-        jobs = []
-        for j in store.list_jobs():
-            runs = [r for r in history if r["job"] == j["name"]]
-            jobs.append(j | {"runs": len(runs), "last": runs[-1] if runs else None,
-                             "drifts": sum(1 for r in runs if r["drift"]),
-                             "failures": sum(1 for r in runs if r["status"] == "failed")})
-        return page("jobs.j2.html", jobs=jobs)
+        return page("jobs.j2.html", jobs=queries.jobs_overview(store))
 
     @app.get("/jobs/{name}", response_class=HTMLResponse)
-    def job_page(name: JobParam):
+    def job_page(name: JobParam, page_no: Annotated[int, Query(alias="page", ge=1, le=1_000_000)] = 1):
+        """The trend and history of one page of runs (the newest first)."""
         job = next((j for j in store.list_jobs() if j["name"] == name), None)
         if job is None:
             raise HTTPException(404, "no such job")
-        history = store.job_runs(name)
-        return page("job.j2.html", job=job, history=list(reversed(history)), chart=trend_svg(history))
+        history = queries.job_history(store, name, page_no)
+        return page("job.j2.html", job=job, history=list(reversed(history.rows)),
+                    chart=trend_svg(history.rows), page_no=page_no, pages=history.pages, total=history.total)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: HTTPException):

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
-import difflib
 import re
 import time
+from dataclasses import dataclass
 from html import escape
+from itertools import groupby
+from operator import itemgetter
 from typing import Any
 
+from dsparity.evals.dashboard import queries
 from dsparity.evals.logprobs import prompt_of
-from dsparity.evals.store import SampleKey, Store
+from dsparity.evals.store import Store
 
 FILTERS = ("all", "disagreements", "regressions", "errors")
-DIFF_CHARS = 6000  # longer answers are diffed on their first characters only
+DIFF_CHARS = 4000  # longer answers are diffed on their first characters only (as many as shown)...
+DIFF_TOKENS = 1000  # ...and first words and spaces
+DIFF_WORK = 60_000  # search steps per pair of answers, at most (~20 ms; bench/dashboard_pages.py)
+PAGE_DIFF_WORK = 150_000  # and per page: later rows of a page of hard pairs get the fallback
+_TOKEN = re.compile(r"\s+|\S+")  # words and the whitespace between them
 PALETTE = ("#0969da", "#8250df", "#bf8700", "#1a7f37", "#cf222e", "#57606a", "#e16f24", "#116329")
 
 
@@ -21,7 +28,9 @@ def _side(s: dict | None, g: dict | None) -> dict[str, Any] | None:
         return None
     details = (g or {}).get("details") or {}
     return {"judge_reason": _judge_reason(details), "text": s["text"], "reasoning": s["reasoning"],
-            "error": s["error"],
+            "text_chars": s.get("text_chars", len(s["text"])),
+            "reasoning_chars": s.get("reasoning_chars", len(s["reasoning"])),
+            "error": s["error"], "errored": s["error"] is not None,
             "error_class": s["error_class"], "score": None if g is None else g["score"],
             "passed": None if g is None else g["passed"], "details": details,
             "screenshots": [str(p) for p in details.get("screenshots") or [] if isinstance(p, str)],
@@ -39,41 +48,67 @@ def _judge_reason(details: dict) -> str | None:
     return None
 
 
-def pair_samples(store: Store, candidate_run: str, baseline_run: str) -> list[dict[str, Any]]:
-    """Every (task, doc, repeat) of either run, side by side, with the kinds the filters use.
+def pair_index(store: Store, candidate_run: str, baseline_run: str) -> list[dict[str, Any]]:
+    """Every (task, doc, repeat) of either run, side by side, without texts: the kinds the
+    filters use, for every row of a comparison at the cost of a few light columns.
 
     A disagreement is what the comparison counts as one: both answered and graded, on the same
     document and prompt, with different scores.
     """
-    runs = {"candidate": store.run(candidate_run), "baseline": store.run(baseline_run)}
     rows: dict[tuple, dict[str, Any]] = {}
-    for who, run in runs.items():
-        grades = store.grades(run["id"])
-        for s in store.samples(run["id"]):
-            key = (s["task"], s["doc_id"], s["repeat"])
-            row = rows.setdefault(key, {
-                "task": s["task"], "doc_id": s["doc_id"], "repeat": s["repeat"],
-                "prompt": prompt_of(s["request"]),
-                "target": s["target"], "grader": (run["tasks"].get(s["task"]) or {}).get("grader", ""),
-                "candidate": None, "baseline": None})
-            row[who] = _side(s, grades.get(SampleKey(*key)))
+    for who, run_id in (("candidate", candidate_run), ("baseline", baseline_run)):
+        run = store.run(run_id)
+        for key, side in queries.sample_index(store, run["id"]).items():
+            row = rows.setdefault(key, {"task": key[0], "doc_id": key[1], "repeat": key[2],
+                                        "grader": (run["tasks"].get(key[0]) or {}).get("grader", ""),
+                                        "candidate": None, "baseline": None})
+            row[who] = side
+    return [_kinds(rows[key]) for key in sorted(rows)]
+
+
+def pair_samples(store: Store, candidate_run: str, baseline_run: str) -> list[dict[str, Any]]:
+    """Every row of pair_index with its prompt, target, answers and grade details."""
+    return with_texts(store, candidate_run, baseline_run, pair_index(store, candidate_run, baseline_run))
+
+
+def with_texts(store: Store, candidate_run: str, baseline_run: str, rows: list[dict[str, Any]],
+               chars: int | None = None) -> list[dict[str, Any]]:
+    """`rows` (from pair_index: one page of them) with prompts, targets, answers and grade
+    details; answers cut at `chars` characters when given (their lengths are kept)."""
+    keys = [(r["task"], r["doc_id"], r["repeat"]) for r in rows]
+    full: dict[tuple, dict[str, tuple]] = {}
+    for who, run_id in (("candidate", candidate_run), ("baseline", baseline_run)):
+        run_id = store.run(run_id)["id"]
+        for i in range(0, len(keys), 200):  # bounded IN lists
+            found, graded = queries.sample_rows(store, run_id, keys[i:i + 200], chars)
+            for key, s in found.items():
+                full.setdefault(key, {})[who] = (s, graded.get(key))
     out = []
-    for key in sorted(rows):
-        row = rows[key]
-        c, b = row["candidate"], row["baseline"]
-        same_item = bool(c and b and (c["doc_hash"], c["prompt_hash"]) == (b["doc_hash"], b["prompt_hash"]))
-        scored = same_item and c["error"] is None and b["error"] is None \
-            and c["score"] is not None and b["score"] is not None
-        row["error"] = any(x is not None and x["error"] is not None for x in (c, b))
-        row["disagreement"] = bool(scored and c["score"] != b["score"])
-        row["regression"] = bool(scored and c["score"] < b["score"])
-        row["paired"] = same_item
-        out.append(row)
+    for r in rows:
+        got = full.get((r["task"], r["doc_id"], r["repeat"]), {})
+        first = next(iter(got.values()), (None, None))[0] or {"request": {}, "target": ""}
+        out.append(_kinds(r | {
+            "prompt": prompt_of(first["request"]) if first["request"] else "", "target": first["target"],
+            "candidate": _side(*got["candidate"]) if "candidate" in got else None,
+            "baseline": _side(*got["baseline"]) if "baseline" in got else None}))
     return out
 
 
-def filter_rows(rows: list[dict], *, kind: str, task: str, grader: str, query: str) -> list[dict]:
-    q = query.casefold()
+def _kinds(row: dict[str, Any]) -> dict[str, Any]:
+    c, b = row["candidate"], row["baseline"]
+    same_item = bool(c and b and (c["doc_hash"], c["prompt_hash"]) == (b["doc_hash"], b["prompt_hash"]))
+    scored = same_item and not c["errored"] and not b["errored"] \
+        and c["score"] is not None and b["score"] is not None
+    row["error"] = any(x is not None and x["errored"] for x in (c, b))
+    row["disagreement"] = bool(scored and c["score"] != b["score"])
+    row["regression"] = bool(scored and c["score"] < b["score"])
+    row["paired"] = same_item
+    return row
+
+
+def filter_rows(rows: list[dict], *, kind: str, task: str, grader: str,
+                matching: set[tuple] | None = None) -> list[dict]:
+    """Rows of one kind (FILTERS), task and grader; `matching`: only these keys (a search)."""
 
     def keep(r: dict) -> bool:
         if kind == "disagreements" and not r["disagreement"]:
@@ -86,29 +121,112 @@ def filter_rows(rows: list[dict], *, kind: str, task: str, grader: str, query: s
             return False
         if grader and r["grader"] != grader:
             return False
-        if q:
-            texts = [r["prompt"], r["target"]] + [(r[w] or {}).get("text", "")
-                                                  for w in ("candidate", "baseline")]
-            return any(q in t.casefold() for t in texts)
-        return True
+        return matching is None or (r["task"], r["doc_id"], r["repeat"]) in matching
 
     return [r for r in rows if keep(r)]
 
 
-def word_diff(a: str, b: str) -> list[tuple[str, str]]:
-    """(op, text) segments turning the baseline answer `b` into the candidate answer `a`:
-    op is "same", "del" (baseline only) or "ins" (candidate only)."""
-    ta, tb = re.split(r"(\s+)", a[:DIFF_CHARS]), re.split(r"(\s+)", b[:DIFF_CHARS])
-    out: list[tuple[str, str]] = []
-    for op, i1, i2, j1, j2 in difflib.SequenceMatcher(None, tb, ta, autojunk=False).get_opcodes():
-        if op == "equal":
-            out.append(("same", "".join(tb[i1:i2])))
-            continue
-        if i2 > i1:
-            out.append(("del", "".join(tb[i1:i2])))
-        if j2 > j1:
-            out.append(("ins", "".join(ta[j1:j2])))
-    return out
+@dataclass
+class WordDiff:
+    """A word diff and what it cost. `exact` is False where the answers differ too much to diff
+    within the budget: the differing middle is then shown as one deletion and one insertion."""
+
+    segments: list[tuple[str, str]]  # (op, text): "same", "del" (baseline only), "ins" (candidate only)
+    work: int  # token comparisons and search steps spent
+    exact: bool
+    clipped: bool  # an answer was longer than DIFF_CHARS / DIFF_TOKENS: only its start was diffed
+
+
+def word_diff(a: str, b: str, *, budget: int = DIFF_WORK) -> WordDiff:
+    """Segments turning the baseline answer `b` into the candidate answer `a`, word by word.
+
+    Bounded whatever the answers are: each is cut at DIFF_CHARS characters and DIFF_TOKENS
+    tokens, the common start and end are matched in linear time, and the middle is diffed with
+    Myers' O((N+M)D) algorithm (Myers 1986, "An O(ND) difference algorithm and its variations",
+    Algorithmica 1:251-266), which gives up once `budget` steps are spent (difflib's matcher is
+    cubic on repetitive text: 13-87 s for one pair of long answers).
+    """
+    ta, tb = _tokens(a), _tokens(b)
+    clipped = sum(map(len, ta)) < len(a) or sum(map(len, tb)) < len(b)
+    head = 0
+    while head < len(ta) and head < len(tb) and ta[head] == tb[head]:
+        head += 1
+    tail = 0
+    while tail < len(ta) - head and tail < len(tb) - head and ta[-1 - tail] == tb[-1 - tail]:
+        tail += 1
+    mid_a, mid_b = ta[head:len(ta) - tail], tb[head:len(tb) - tail]
+    ops, work = _myers(mid_b, mid_a, budget)
+    exact = ops is not None
+    if ops is None:
+        ops = [("del", "".join(mid_b)), ("ins", "".join(mid_a))]
+    every = [("same", "".join(ta[:head])), *ops, ("same", "".join(ta[len(ta) - tail:]))]
+    segments = [(op, "".join(t for _, t in run)) for op, run in groupby(every, key=itemgetter(0))]
+    return WordDiff([s for s in segments if s[1]], work + head + tail, exact, clipped)
+
+
+def _tokens(text: str) -> list[str]:
+    return _TOKEN.findall(text, 0, DIFF_CHARS)[:DIFF_TOKENS]
+
+
+def _myers(old: list[str], new: list[str], budget: int) -> tuple[list[tuple[str, str]] | None, int]:
+    """Shortest edit script from `old` to `new` as (op, token) pairs, or None past `budget` steps.
+    Each step is one diagonal visited or one token compared; the saved frontiers cost one step per
+    entry, so memory is bounded by the budget too."""
+    n, m = len(old), len(new)
+    if not n or not m:
+        return [("del", t) for t in old] + [("ins", t) for t in new], 0
+    offset = n + m + 1
+    v = [0] * (2 * offset + 1)
+    trace: list[list[int]] = []
+    work = 0
+    for d in range(n + m + 1):
+        lo, hi = offset - d, offset + d
+        trace.append(v[lo - 1:hi + 2])
+        work += hi - lo + 3
+        for k in range(lo, hi + 1, 2):
+            if work > budget:
+                return None, work
+            x = v[k + 1] if k == lo or (k != hi and v[k - 1] < v[k + 1]) else v[k - 1] + 1
+            y = x - (k - offset)
+            start = x
+            while x < n and y < m and old[x] == new[y]:
+                x += 1
+                y += 1
+            v[k] = x
+            work += 1 + x - start
+            if x >= n and y >= m:
+                return _backtrack(old, new, trace, offset), work
+    raise AssertionError("unreachable: d = n + m always reaches the end")
+
+
+def _backtrack(old: list[str], new: list[str], trace: list[list[int]], offset: int) -> list[tuple[str, str]]:
+    x, y = len(old), len(new)
+    ops: list[tuple[str, str]] = []
+    for d in range(len(trace) - 1, 0, -1):
+        saved = trace[d]  # v[offset - d - 1 .. offset + d + 1] before step d
+
+        def at(k: int, saved=saved, d=d) -> int:
+            return saved[k - (offset - d - 1)]
+
+        k = x - y + offset
+        down = k == offset - d or (k != offset + d and at(k - 1) < at(k + 1))
+        prev_k = k + 1 if down else k - 1
+        prev_x = at(prev_k)
+        prev_y = prev_x - (prev_k - offset)
+        while x > prev_x + (0 if down else 1) and y > prev_y + (1 if down else 0):
+            x, y = x - 1, y - 1
+            ops.append(("same", old[x]))
+        if down:
+            y -= 1
+            ops.append(("ins", new[y]))
+        else:
+            x -= 1
+            ops.append(("del", old[x]))
+    while x > 0 and y > 0:
+        x, y = x - 1, y - 1
+        ops.append(("same", old[x]))
+    ops.reverse()
+    return ops
 
 
 def trend_svg(history: list[dict], *, width: int = 900, height: int = 320) -> str:
