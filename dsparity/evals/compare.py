@@ -209,6 +209,9 @@ def depth_length_maps(paired: list[PairKey], cand: dict, base: dict) -> list[dic
     return maps
 
 
+DISAGREEMENT_CHARS = 4000  # per text in a stored comparison: the full answers stay in the samples
+
+
 def _disagreements(paired, cand, base, limit: int = 200) -> list[dict[str, Any]]:
     out = []
     for k in paired:
@@ -216,12 +219,20 @@ def _disagreements(paired, cand, base, limit: int = 200) -> list[dict[str, Any]]
             continue
         c, b = cand[k], base[k]
         out.append({"task": k.task, "doc_id": k.doc_id, "repeat": k.repeat,
-                    "prompt": prompt_of(c["request"]), "target": c["target"],
-                    "candidate": {"text": c["text"], "score": c["score"], "details": c["grade_details"]},
-                    "baseline": {"text": b["text"], "score": b["score"], "details": b["grade_details"]}})
+                    "prompt": _clip(prompt_of(c["request"])), "target": _clip(c["target"]),
+                    "candidate": _side(c), "baseline": _side(b)})
         if len(out) >= limit:
             break
     return out
+
+
+def _side(sample: dict) -> dict[str, Any]:
+    return {"text": _clip(sample["text"]), "score": sample["score"], "details": sample["grade_details"]}
+
+
+def _clip(text: str) -> str:
+    n = DISAGREEMENT_CHARS
+    return text if len(text) <= n else text[:n] + f"… [{len(text) - n} more characters in the sample]"
 
 
 def _jsonable(d: dict) -> dict:

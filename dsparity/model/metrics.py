@@ -29,10 +29,13 @@ class SelectionMetrics:
     oracle: float
     window_sink: float
     rows: int
-    needle: float | None = None  # share of evidence rows whose evidence the indexer's top-k holds
-    needle_oracle: float | None = None  # ... the oracle top-k of p holds
-    needle_window: float | None = None  # ... window + sink holds
-    needle_rows: int = 0
+    # Needle recall, over (row, layer) pairs where the dense attention reads the needle (its top-k,
+    # the oracle's, holds the evidence): the share where the selection holds it too. Layers that
+    # do not read the needle need not select it; those that do must.
+    needle: float | None = None  # the indexer's top-k
+    needle_window: float | None = None  # window + sink at the same k
+    needle_oracle: float | None = None  # share of all evidence rows the oracle's top-k holds
+    needle_rows: int = 0  # rows where the oracle holds the evidence
 
 
 def kl_rows(p: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
@@ -94,11 +97,13 @@ def layer_metrics(p: torch.Tensor, scores: torch.Tensor, rows: torch.Tensor, k: 
         has = evidence >= 0
         ev, r = evidence[has], rows[has]
         best = p[has].topk(min(k, p.shape[-1]), dim=-1).indices
-        in_window = (ev < sink) | ((ev <= r) & (ev > r - (k - sink)))
-        out.needle = (idx[has] == ev[:, None]).any(-1).float().mean().item()
-        out.needle_oracle = (best == ev[:, None]).any(-1).float().mean().item()
-        out.needle_window = in_window.float().mean().item()
-        out.needle_rows = int(has.sum())
+        read = (best == ev[:, None]).any(-1)  # the dense attention reads the needle here
+        out.needle_oracle = read.float().mean().item()
+        out.needle_rows = int(read.sum())
+        if out.needle_rows:
+            in_window = (ev < sink) | ((ev <= r) & (ev > r - (k - sink)))
+            out.needle = (idx[has][read] == ev[read][:, None]).any(-1).float().mean().item()
+            out.needle_window = in_window[read].float().mean().item()
     return out
 
 
@@ -113,7 +118,10 @@ def mean_metrics(items: list[SelectionMetrics]) -> SelectionMetrics:
     needles = [m for m in items if m.needle_rows]
     if needles:
         total = sum(m.needle_rows for m in needles)
-        for name in ("needle", "needle_oracle", "needle_window"):
+        for name in ("needle", "needle_window"):
             setattr(out, name, sum(getattr(m, name) * m.needle_rows for m in needles) / total)
         out.needle_rows = total
+    oracles = [m for m in items if m.needle_oracle is not None]
+    if oracles:
+        out.needle_oracle = sum(m.needle_oracle for m in oracles) / len(oracles)
     return out
