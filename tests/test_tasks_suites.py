@@ -8,11 +8,11 @@ import subprocess
 import sys
 
 import pytest
-import yaml
 from tasks_helpers import cli
 
 from dsparity.evals.taskgen.cache import GenOptions
-from dsparity.evals.tasks import BUILTIN_TASKS, _LmEvalLoader, count_items, load_tasks, scan
+from dsparity.evals.task_yaml import read_config
+from dsparity.evals.tasks import BUILTIN_TASKS, count_items, load_tasks, scan
 
 DSPARITY = [sys.executable, "-m", "dsparity.cli"]
 
@@ -25,8 +25,7 @@ def dsparity(*args, env=None) -> subprocess.CompletedProcess:
 def task_names() -> list[str]:
     names = []
     for path in sorted(BUILTIN_TASKS.rglob("*.yaml")):
-        config = yaml.load(path.read_text(encoding="utf-8"), Loader=_LmEvalLoader)
-        names.append(config["task"])
+        names.append(read_config(path)["task"])
     return names
 
 

@@ -98,13 +98,28 @@ def tasks_show(
             gens[d["generator"]] = gens.get(d["generator"], 0) + 1
         out.print("generators: " + ", ".join(f"{g} x{n}" for g, n in gens.items())
                   + f"; seed {docs[0]['seed'] // 1000}", highlight=False, soft_wrap=True)
+    shots = spec.fewshot.get("num_fewshot", 0)
+    if shots:
+        out.print(f"few-shot: {shots} examples from split {spec.fewshot['split']!r} (sampler "
+                  f"{spec.fewshot['sampler']}, seed {spec.fewshot['seed']}); the prompts below are "
+                  "sent with them", highlight=False, soft_wrap=True)
+    if spec.config.get("filter_list") or spec.grader == "lm_eval":
+        names = [f.get("name") for f in spec.config.get("filter_list") or []] or ["none"]
+        metrics = [m.get("metric") for m in spec.config.get("metric_list") or []] or ["exact_match"]
+        out.print(f"graded by lm-eval's own filters ({', '.join(map(str, names))}) and metrics "
+                  f"({', '.join(map(str, metrics))})", highlight=False, soft_wrap=True)
+    clip = 20_000 if shots else 600  # a few-shot prompt is shown whole: the shots are the point
     for item in spec.items[:items]:
-        prompt = item.request.messages[-1][1]
-        short = prompt if len(prompt) <= 600 else prompt[:300] + f" [... {len(prompt) - 600} chars ...] " \
-            + prompt[-300:]
         out.print(f"\n[bold]item {item.doc_id}[/] (doc {item.doc_hash}, max tokens "
                   f"{item.request.max_tokens}) target: {item.target[:120]!r}", soft_wrap=True)
-        out.print(short, highlight=False, markup=False, soft_wrap=True)
+        messages = getattr(item.request, "messages", None) or ((
+            "context", "\n---\n".join(f"{s.context!r} -> {s.continuation!r}" for s in item.request.spans)),)
+        for role, text in messages:
+            short = text if len(text) <= clip else text[:clip // 2] + \
+                f" [... {len(text) - clip} chars ...] " + text[-clip // 2:]
+            if len(messages) > 1 or role != "user":
+                out.print(f"[{role}]", highlight=False, markup=False)
+            out.print(short, highlight=False, markup=False, soft_wrap=True)
 
 @tasks_app.command("validate")
 def tasks_validate(include: Include = None) -> None:

@@ -5,28 +5,30 @@ include_defaults=False)`); dsparity's own settings sit under `metadata.dsparity`
 ignores them. Generated suites (reasoning, longctx) make their items through
 `dsparity.evals.taskgen`, sized by `GenOptions` (`--size`) and cached on disk.
 
+Task files are read as lm-eval reads them (`task_yaml`: `include:` templates), prompts are built by
+lm-eval's own few-shot machinery (`task_prompts`), `filter_list` / `metric_list` are honoured
+(the `lm_eval` grader) or refused with one line, and a name that none of dsparity's folders holds
+is looked up in lm-eval's own registry (`task_registry`). `--limit` keeps a fixed, seeded sample
+(`task_sample`), stratified over a long-context task's lengths.
+
 The built-in task folder is found in the installed package (`dsparity/builtin_tasks`, what a
 wheel ships) or, in a checkout, at the repository's `tasks/`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import json
 import logging
-import os
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from dsparity.errors import DsparityError
 from dsparity.evals.backends.base import Request, ScoreRequest, Span
 from dsparity.evals.graders import GRADERS
+from dsparity.evals.task_sample import pick
+from dsparity.evals.task_yaml import function_folder, included_files, read_config
 from dsparity.evals.taskgen.cache import GenOptions
 
 _MARKER = "_dsparity_data.py"  # present in every built-in task folder, wherever it is installed
@@ -44,12 +46,14 @@ def _find_builtin_tasks() -> Path:
 
 BUILTIN_TASKS = _find_builtin_tasks()
 
-REQUIRED_FIELDS = ("task", "output_type", "doc_to_text", "doc_to_target")
-# lm-eval's output types: generation, and the log-likelihood family with its default grader.
-OUTPUT_TYPES = {"generate_until": "exact", "multiple_choice": "loglikelihood",
+REQUIRED_FIELDS = ("task", "doc_to_text", "doc_to_target")
+# lm-eval's output types (generate_until when none is given, as in lm-eval), each with the grader
+# a task gets when it names none: lm-eval's own filters and metrics for generation.
+OUTPUT_TYPES = {"generate_until": "lm_eval", "multiple_choice": "loglikelihood",
                 "loglikelihood": "loglikelihood", "loglikelihood_rolling": "fidelity"}
 SCORE_TYPES = ("multiple_choice", "loglikelihood", "loglikelihood_rolling")
 OPTIONAL_SUITES = {"hub"}  # only run when asked for by name: they need the Hugging Face hub
+REGISTRY_SUITE = "lm_eval"  # tasks found in lm-eval's own registry, not in dsparity's folders
 # Fields each grader reads from a task's documents (checked on the JSONL data when validating).
 GRADER_DOC_FIELDS = {
     "code": ("prompt", "test", "entry_point"),
@@ -82,17 +86,25 @@ class TaskSpec:
     name: str
     suite: str
     grader: str
-    settings: dict[str, Any]  # metadata.dsparity
+    settings: dict[str, Any]  # metadata.dsparity (with lm-eval's defaults filled in)
     yaml_path: Path
     n_docs: int = 0
     items: list[TaskItem] = field(default_factory=list)
     task_hash: str = ""
-    config: dict[str, Any] = field(default_factory=dict)  # the YAML as read (for list/show)
+    config: dict[str, Any] = field(default_factory=dict)  # the YAML as lm-eval reads it
     output_type: str = "generate_until"
+    registry: bool = False  # found in lm-eval's own task registry
+    fewshot: dict[str, Any] = field(default_factory=dict)  # how the shots are chosen (after build)
+
+    @property
+    def hub_dataset(self) -> str | None:
+        from dsparity.evals.task_hub import hub_dataset
+
+        return hub_dataset(self.config, self.settings)
 
     @property
     def needs_hub(self) -> bool:
-        return bool(self.settings.get("needs_hub"))
+        return bool(self.settings.get("needs_hub")) or self.hub_dataset is not None
 
     @property
     def scored(self) -> bool:
@@ -106,15 +118,10 @@ def sha(obj: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-class _LmEvalLoader(yaml.SafeLoader):
-    """Reads lm-eval YAML for validation without importing the `!function` targets."""
-
-
-_LmEvalLoader.add_constructor("!function", lambda loader, node: loader.construct_scalar(node))
-
-
 def scan(task_dirs: list[Path]) -> tuple[dict[str, TaskSpec], list[DsparityError]]:
-    """Read every task YAML; return the good ones by name and one error per broken file."""
+    """Read every task YAML; return the good ones by name and one error per broken file.
+
+    A file another file includes and that names no task itself is a template, not a task."""
     specs: dict[str, TaskSpec] = {}
     problems: list[DsparityError] = []
     for folder in task_dirs:
@@ -122,9 +129,11 @@ def scan(task_dirs: list[Path]) -> tuple[dict[str, TaskSpec], list[DsparityError
             problems.append(DsparityError(str(folder), "", "no such task folder",
                                           "give a folder that holds task YAML files"))
             continue
-        for path in sorted(folder.rglob("*.yaml")):
+        paths = sorted(p for p in folder.rglob("*.yaml") if "__pycache__" not in p.parts)
+        templates = {inc for p in paths for inc in included_files(p)}
+        for path in paths:
             try:
-                spec = _read_spec(path)
+                spec = read_spec(path, templates=templates)
             except DsparityError as exc:
                 exc.task_file = str(path)  # which task a problem in a data file belongs to
                 problems.append(exc)
@@ -134,24 +143,26 @@ def scan(task_dirs: list[Path]) -> tuple[dict[str, TaskSpec], list[DsparityError
     return specs, problems
 
 
-def _read_spec(path: Path) -> TaskSpec | None:
-    try:
-        config = yaml.load(path.read_text(encoding="utf-8"), Loader=_LmEvalLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark else "YAML"
-        raise DsparityError(str(path), where, f"not valid YAML ({getattr(exc, 'problem', exc)})",
-                            "fix the YAML syntax") from None
-    if not isinstance(config, dict):
-        raise DsparityError(str(path), "", "a task file must be a YAML mapping",
-                            "see tasks/smoke/smoke_arithmetic.yaml for the shape")
-    if "group" in config and "task" not in config:
+def read_spec(path: Path, *, templates: set[Path] | frozenset = frozenset(),
+              default_suite: str = "custom") -> TaskSpec | None:
+    """One task file as lm-eval reads it (includes merged); None for a group or a template."""
+    from dsparity.evals import task_fields
+
+    config = read_config(path)
+    if "class" in config:
+        raise DsparityError(str(path), "class", "a task written as a Python class is not supported "
+                            "by dsparity", "write the task as lm-eval YAML fields")
+    if "group" in config:
         return None  # a group file; its members are task files of their own
+    if "task" not in config and path.resolve() in templates:
+        return None  # an include template
     for key in REQUIRED_FIELDS:
         if key not in config:
             raise DsparityError(str(path), key, "missing required field",
                                 f"add `{key}:` (lm-eval task schema)")
-    output_type = config["output_type"]
+    if not isinstance(config["task"], str) or not config["task"]:
+        raise DsparityError(str(path), "task", "must be the task's name", "write task: <name>")
+    output_type = config.get("output_type", "generate_until")
     if output_type not in OUTPUT_TYPES:
         raise DsparityError(str(path), "output_type", f"{output_type!r} is not an lm-eval output type",
                             f"use one of: {', '.join(OUTPUT_TYPES)}")
@@ -179,19 +190,33 @@ def _read_spec(path: Path) -> TaskSpec | None:
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
             raise DsparityError(str(path), f"metadata.dsparity.{key}", f"{value!r} is not a whole number",
                                 f"write {key}: <integer>")
+    shots = config.get("num_fewshot")
+    if shots is not None and (not isinstance(shots, int) or isinstance(shots, bool) or shots < 0):
+        raise DsparityError(str(path), "num_fewshot", f"{shots!r} is not a whole number",
+                            "write num_fewshot: <integer>")
+    if config.get("gen_prefix") and output_type == "generate_until":
+        raise DsparityError(str(path), "gen_prefix", "dsparity sends chat requests and cannot "
+                            "pre-fill the start of the answer", "remove gen_prefix (or put the words "
+                            "into doc_to_text)")
+    suite = str(settings.get("suite", default_suite))
     try:
+        settings = task_fields.check(path, config, output_type, grader, settings)
         _check_data(path, config, grader)
     except DsparityError as exc:
-        exc.task_name, exc.suite = str(config["task"]), str(settings.get("suite", "custom"))
+        exc.task_name, exc.suite = str(config["task"]), suite
         raise
-    return TaskSpec(name=str(config["task"]), suite=str(settings.get("suite", "custom")),
-                    grader=grader, settings=settings, yaml_path=path, config=config,
-                    output_type=output_type)
+    return TaskSpec(name=str(config["task"]), suite=suite, grader=grader, settings=settings,
+                    yaml_path=path, config=config, output_type=output_type)
 
 
 def _data_file(path: Path, config: dict) -> Path | None:
     data_file = (config.get("dataset_kwargs") or {}).get("data_file")
-    return path.parent / str(data_file) if data_file and "custom_dataset" in config else None
+    if not data_file or "custom_dataset" not in config:
+        return None
+    # the loader reads it next to the `utils.py` its `!function` names (lm-eval resolves that
+    # relative to the file that wrote it, which may be an included template)
+    folder = function_folder(config["custom_dataset"]) or path.parent
+    return folder / str(data_file)
 
 
 def _check_data(path: Path, config: dict, grader: str) -> None:
@@ -199,9 +224,10 @@ def _check_data(path: Path, config: dict, grader: str) -> None:
     data = _data_file(path, config)
     if data is None:
         return
-    if path.parent.resolve() not in data.resolve().parents:
+    folder = data.parent if function_folder(config["custom_dataset"]) else path.parent
+    if folder.resolve() not in data.resolve().parents:
         raise DsparityError(str(path), "dataset_kwargs.data_file",
-                            f"{data.relative_to(path.parent)} leaves the task folder",
+                            f"{(config.get('dataset_kwargs') or {}).get('data_file')} leaves the task folder",
                             "data files must stay inside the folder of their YAML")
     if not data.is_file():
         raise DsparityError(str(path), "dataset_kwargs.data_file", f"no such file {data.name!r}",
@@ -275,7 +301,8 @@ def select(specs: dict[str, TaskSpec], problems: list[DsparityError], *,
            suites: list[str] | None, names: list[str] | None) -> list[TaskSpec]:
     """Pick tasks by suite and/or name; a broken file only matters if it may be one of them.
 
-    Optional suites (the hub ones) are only picked when named."""
+    Optional suites (the hub ones) are only picked when named. A name none of dsparity's folders
+    holds is looked up in lm-eval's own registry (a group there stands for its member tasks)."""
     chosen = [s for s in specs.values()
               if (not suites or s.suite in suites) and (not names or s.name in names)
               and (suites or names or s.suite not in OPTIONAL_SUITES)]
@@ -286,15 +313,37 @@ def select(specs: dict[str, TaskSpec], problems: list[DsparityError], *,
             raise problem
     missing = [n for n in names or [] if n not in specs]
     if missing:
-        raise DsparityError("--tasks", missing[0], "no such task",
-                            f"known tasks: {', '.join(sorted(specs)) or 'none'}")
+        chosen += _from_registry(missing, specs)
     unknown = [s for s in suites or [] if s not in {t.suite for t in specs.values()}]
     if unknown:
         raise DsparityError("--suite", unknown[0], "no such suite",
                             f"known suites: {', '.join(sorted({t.suite for t in specs.values()}))}")
     if not chosen:
         raise DsparityError("--suite/--tasks", "", "selects no task", "run `dsparity tasks list`")
-    return sorted(chosen, key=lambda s: s.name)
+    return sorted({s.name: s for s in chosen}.values(), key=lambda s: s.name)
+
+
+def _from_registry(names: list[str], specs: dict[str, TaskSpec]) -> list[TaskSpec]:
+    """Specs for task or group names found in lm-eval's installed registry (added to `specs`)."""
+    from dsparity.evals import task_registry
+
+    found = task_registry.find(names)
+    missing = [n for n in names if n not in found]
+    if missing:
+        known = ", ".join(sorted(specs)) or "none"
+        raise DsparityError("--tasks", missing[0], "no such task in dsparity's task folders or in "
+                            "lm-eval's own registry", f"known dsparity tasks: {known}; "
+                            "lm-eval's: `lm-eval ls tasks`")
+    out = []
+    for paths in found.values():
+        for path in paths:
+            spec = read_spec(path, default_suite=REGISTRY_SUITE)
+            if spec is None:
+                continue
+            spec.registry = True
+            specs.setdefault(spec.name, spec)
+            out.append(spec)
+    return out
 
 
 def _may_belong(path: str, suites: list[str] | None, names: list[str] | None) -> bool:
@@ -306,32 +355,65 @@ def _may_belong(path: str, suites: list[str] | None, names: list[str] | None) ->
 
 def build_items(specs: list[TaskSpec], task_dirs: list[Path], *, limit: int | None,
                 options: GenOptions | None = None) -> None:
-    """Let lm-eval build the docs, prompts and targets; fill `spec.items` in place."""
+    """Let lm-eval build the docs, prompts and targets; fill `spec.items` in place.
+
+    `limit` keeps a fixed sample of each task's documents (`task_sample.pick`), not the first N."""
     from lm_eval.tasks import TaskManager
+
+    from dsparity.evals import task_fields
 
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
     options = options or GenOptions.from_env()
     meta = options.as_metadata()
-    manager = TaskManager(include_path=[str(d) for d in task_dirs], include_defaults=False,
-                          metadata=meta or None)
+    dirs = list(dict.fromkeys([*task_dirs, *(s.yaml_path.parent for s in specs if s.registry)]))
     for spec in specs:
-        if spec.needs_hub:
-            _hub_preflight(spec)
+        _preflight(spec)
+        if spec.grader == "lm_eval":
+            task_fields.registered(spec.yaml_path, spec.config)
+    manager = TaskManager(include_path=[str(d) for d in dirs], include_defaults=False,
+                          metadata=meta or None)
     try:
         loaded = manager.load([s.name for s in specs])["tasks"]
     except Exception as exc:  # lm-eval raises many types; the user needs the file and the cause
         raise _load_error(specs, exc) from None
     for spec in specs:
-        task = loaded[spec.name]
-        docs = list(task.eval_docs)
-        spec.n_docs = len(docs)
-        if spec.scored:
-            spec.items = _score_items(spec, task, docs, limit)
-        else:
-            spec.items = [_make_item(spec, task, i, doc) for i, doc in enumerate(docs[:limit])]
-        spec.task_hash = sha([spec.name, spec.settings, task.config.to_dict(keep_callable=False)
-                              if hasattr(task.config, "to_dict") else {},
-                              [it.doc_hash for it in spec.items]])
+        _build_task(spec, loaded[spec.name], limit, options)
+
+
+def _build_task(spec: TaskSpec, task, limit: int | None, options: GenOptions) -> None:
+    from dsparity.evals.task_prompts import describe, walk
+
+    docs = list(task.eval_docs)
+    spec.n_docs = len(docs)
+    keep = pick(docs, limit, task=spec.name, seed=options.seed)
+    make = _score_item if spec.scored else _make_item
+    try:
+        spec.items = [make(spec, task, doc_id, doc) for doc_id, doc in walk(task, docs, keep)]
+    except DsparityError:
+        raise
+    except Exception as exc:  # the task's own templates or code failed on a document
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise DsparityError(str(spec.yaml_path), spec.name, f"lm-eval could not build a prompt "
+                            f"({type(exc).__name__}: {first})", "check doc_to_text / doc_to_target / "
+                            "the few-shot settings against the data") from None
+    spec.fewshot = describe(task)
+    spec.task_hash = sha([spec.name, spec.settings, task.config.to_dict(keep_callable=False)
+                          if hasattr(task.config, "to_dict") else {}, spec.fewshot,
+                          [it.doc_hash for it in spec.items]])
+
+
+def _preflight(spec: TaskSpec) -> None:
+    """Fail in one line before lm-eval starts: hub data that cannot be had, checkers that cannot run."""
+    from dsparity.evals import task_hub
+
+    repo = spec.hub_dataset
+    if repo is not None:
+        name = spec.config.get("dataset_name")
+        task_hub.preflight(spec.yaml_path, spec.name, repo, str(name) if name else None)
+    if spec.grader == "writing" and spec.settings.get("checker") == "ifeval":
+        from dsparity.evals.graders.writing import ifeval_preflight
+
+        ifeval_preflight(str(spec.yaml_path))
 
 
 def _load_error(specs: list[TaskSpec], exc: Exception) -> DsparityError:
@@ -345,8 +427,8 @@ def _load_error(specs: list[TaskSpec], exc: Exception) -> DsparityError:
     if hub:
         spec = hub[0]
         return DsparityError(str(spec.yaml_path), "dataset_path",
-                             f"{spec.name} needs the Hugging Face hub for "
-                             f"{spec.config.get('dataset_path')!r} ({type(exc).__name__}: {first})",
+                             f"{spec.name} could not read the Hugging Face dataset "
+                             f"{spec.hub_dataset!r} ({type(exc).__name__}: {first})",
                              "run where huggingface.co is reachable (HF_TOKEN for gated sets), "
                              "or fill the datasets cache there first")
     return DsparityError("tasks", ", ".join(s.name for s in specs),
@@ -354,92 +436,59 @@ def _load_error(specs: list[TaskSpec], exc: Exception) -> DsparityError:
                          "run `dsparity tasks validate` for the file and field")
 
 
-def _hub_preflight(spec: TaskSpec) -> None:
-    """Fail in one line before lm-eval starts a download that cannot work."""
-    offline = any(os.environ.get(v, "").lower() in ("1", "true", "yes")
-                  for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
-    if offline and not _in_datasets_cache(spec):
-        raise DsparityError(str(spec.yaml_path), "dataset_path",
-                            f"{spec.name} needs the Hugging Face hub for "
-                            f"{spec.config.get('dataset_path')!r}, and HF_HUB_OFFLINE is set with "
-                            "nothing cached", "run where huggingface.co is reachable, unset "
-                            "HF_HUB_OFFLINE, or pick offline suites (dsparity tasks list)")
-    if not offline:
-        try:
-            socket.create_connection(("huggingface.co", 443), timeout=5).close()
-        except OSError as exc:
-            raise DsparityError(str(spec.yaml_path), "dataset_path",
-                                f"{spec.name} needs the Hugging Face hub, which is unreachable "
-                                f"({exc.__class__.__name__})",
-                                "run where huggingface.co is reachable, or pick offline suites "
-                                "(dsparity tasks list)") from None
-
-
-def _in_datasets_cache(spec: TaskSpec) -> bool:
-    """Whether a previous online run left this dataset in the local Hugging Face caches."""
-    path = str(spec.config.get("dataset_path", ""))
-    home = Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface")
-    datasets_cache = Path(os.environ.get("HF_DATASETS_CACHE") or home / "datasets")
-    names = {path.replace("/", "___").lower(), "datasets--" + path.replace("/", "--").lower()}
-    for root in (datasets_cache, Path(os.environ.get("HF_HUB_CACHE") or home / "hub")):
-        if root.is_dir() and any(p.name.lower() in names for p in root.iterdir()):
-            return True
-    return False
-
-
 def _make_item(spec: TaskSpec, task, doc_id: int, doc: dict) -> TaskItem:
-    description = task.config.description or ""
-    prompt = description + str(task.doc_to_text(doc))
+    from dsparity.evals.task_fields import generation_info
+    from dsparity.evals.task_prompts import chat_messages
+
+    messages = chat_messages(spec, task, doc)
     target = task.doc_to_target(doc)
+    if task.config.doc_to_choice is not None and isinstance(target, int):
+        target = task.doc_to_choice(doc)[target]
     if isinstance(target, list):
-        target = target[0]
+        target = target[0] if target else ""
     gen = task.config.generation_kwargs or {}
     until = gen.get("until") or []
     request = Request(
-        messages=(("user", prompt),),
+        messages=messages,
         max_tokens=int(spec.settings.get("max_tokens", gen.get("max_gen_toks", 256))),
         temperature=float(gen.get("temperature", 0.0)) if gen.get("do_sample") else 0.0,
         stop=tuple([until] if isinstance(until, str) else until),
     )
-    return TaskItem(task=spec.name, doc_id=doc_id, doc=dict(doc), target=str(target),
+    stored = dict(doc)
+    if spec.grader == "lm_eval":
+        stored["_lm_eval"] = generation_info(task, doc, spec.config)
+    # One user message hashes as its text (as before system messages and shots existed), so stored
+    # runs keep pairing by prompt.
+    prompt = messages[0][1] if len(messages) == 1 and messages[0][0] == "user" else list(messages)
+    return TaskItem(task=spec.name, doc_id=doc_id, doc=stored, target=str(target),
                     request=request, doc_hash=sha(dict(doc)), prompt_hash=sha(prompt))
 
 
-def _score_items(spec: TaskSpec, task, docs: list[dict], limit: int | None) -> list[TaskItem]:
-    """Log-likelihood items from lm-eval's own requests (its contexts, few-shot examples, target
-    delimiter and choices), one ScoreRequest per document; no chat template.
+def _score_item(spec: TaskSpec, task, doc_id: int, doc: dict) -> TaskItem:
+    """A log-likelihood item from lm-eval's own requests (its contexts with few-shot examples,
+    target delimiter and choices), one ScoreRequest per document; no chat template.
 
     Generated documents that carry `tokens` (the fidelity suite) are scored as those very tokens,
     after the tokenizer's prefix token, so two models with one tokenizer score identical input."""
-    n = len(docs) if limit is None else min(limit, len(docs))
-    with contextlib.redirect_stderr(io.StringIO()):  # lm-eval's own progress bar: not ours to show
-        task.build_all_requests(limit=n, rank=0, world_size=1)
-    spans: dict[int, list] = {}
-    for inst in sorted(task.instances, key=lambda i: (i.doc_id, i.idx)):
-        spans.setdefault(inst.doc_id, []).append(inst.arguments)
-    top_n = int(spec.settings.get("top_n", 0))
-    items = []
-    for doc_id in range(n):
-        doc = dict(docs[doc_id])
-        args = spans.get(doc_id)
-        if not args:
-            raise DsparityError(str(spec.yaml_path), f"document {doc_id}", "lm-eval built no request",
-                                "check doc_to_text / doc_to_target / doc_to_choice")
-        if "tokens" in doc:
-            parts = (Span((int(doc["prefix_token"]),), tuple(int(t) for t in doc["tokens"])),)
-        elif spec.output_type == "loglikelihood_rolling":
-            parts = (Span("", str(a[0])) for a in args)
-        else:
-            parts = (Span(str(a[0]), str(a[1])) for a in args)
-        request = ScoreRequest(tuple(parts), top_n=top_n,
-                               rolling=spec.output_type == "loglikelihood_rolling")
-        stored = {k: v for k, v in doc.items() if k != "tokens"}  # the request holds them
-        stored["_lm_eval"] = _scoring_info(spec, task, doc)
-        target = stored["_lm_eval"].get("target_text", "")
-        items.append(TaskItem(task=spec.name, doc_id=doc_id, doc=stored, target=target,
-                              request=request, doc_hash=sha(doc),
-                              prompt_hash=sha(request.to_dict())))
-    return items
+    from dsparity.evals.task_prompts import score_arguments
+
+    doc = dict(doc)
+    args = score_arguments(spec, task, doc_id, doc)
+    if not args:
+        raise DsparityError(str(spec.yaml_path), f"document {doc_id}", "lm-eval built no request",
+                            "check doc_to_text / doc_to_target / doc_to_choice")
+    if "tokens" in doc:
+        parts = (Span((int(doc["prefix_token"]),), tuple(int(t) for t in doc["tokens"])),)
+    elif spec.output_type == "loglikelihood_rolling":
+        parts = tuple(Span("", str(a[0])) for a in args)
+    else:
+        parts = tuple(Span(str(a[0]), str(a[1])) for a in args)
+    request = ScoreRequest(parts, top_n=int(spec.settings.get("top_n", 0)),
+                           rolling=spec.output_type == "loglikelihood_rolling")
+    stored = {k: v for k, v in doc.items() if k != "tokens"}  # the request holds them
+    stored["_lm_eval"] = _scoring_info(spec, task, doc)
+    return TaskItem(task=spec.name, doc_id=doc_id, doc=stored, target=stored["_lm_eval"].get(
+        "target_text", ""), request=request, doc_hash=sha(doc), prompt_hash=sha(request.to_dict()))
 
 
 def _scoring_info(spec: TaskSpec, task, doc: dict) -> dict[str, Any]:
@@ -479,4 +528,4 @@ def load_tasks(*, suites: list[str] | None = None, names: list[str] | None = Non
 
 
 __all__ = ["BUILTIN_TASKS", "TaskItem", "TaskSpec", "build_items", "count_items", "load_tasks",
-           "scan", "select", "sha"]
+           "read_spec", "scan", "select", "sha"]

@@ -27,6 +27,33 @@ def gpqa_docs(dataset):
     return dataset.map(one, remove_columns=dataset.column_names)
 
 
+LCB_REPO = "livecodebench/code_generation_lite"
+LCB_FIELDS = ("question_title", "question_content", "platform", "question_id", "contest_id",
+              "contest_date", "starter_code", "difficulty", "public_test_cases", "metadata")
+
+
+def lcb_load(release_file="test6.jsonl", **kwargs):
+    """LiveCodeBench's release file from the hub's file cache (or the hub).
+
+    The repository is a loading script, which datasets 4+ no longer runs, so the JSONL file is
+    read directly; `hf_hub_download` finds it in the hub cache offline (HF_HUB_OFFLINE=1), which
+    `load_dataset("json", data_files="hf://...")` cannot (it lists the repository first). The
+    private tests (large, base64 pickles) are not kept."""
+    import json
+
+    import datasets
+    from huggingface_hub import hf_hub_download
+
+    path = hf_hub_download(LCB_REPO, release_file, repo_type="dataset")
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                row = json.loads(line)
+                rows.append({k: row.get(k) for k in LCB_FIELDS})
+    return {"test": datasets.Dataset.from_list(rows)}
+
+
 def lcb_docs(dataset):
     """LiveCodeBench: keep stdin/stdout problems, with their public tests as `tests`."""
     import json
@@ -38,43 +65,3 @@ def lcb_docs(dataset):
 
     dataset = dataset.map(one)
     return dataset.filter(lambda d: len(d["tests"]) > 0)
-
-
-_IFEVAL_MAP = {
-    "punctuation:no_comma": lambda kw: {"type": "no_commas"},
-    "language:response_language": lambda kw: {"type": "language", "value": kw["language"]},
-    "startend:end_checker": lambda kw: {"type": "ends_with", "value": kw["end_phrase"]},
-    "detectable_format:multiple_sections": lambda kw: {
-        "type": "sections",
-        "headings": [f"{kw['section_spliter']} {i}" for i in range(1, kw["num_sections"] + 1)]},
-    "length_constraints:number_words": lambda kw: (
-        {"type": "min_words", "value": kw["num_words"]} if kw["relation"] == "at least"
-        else {"type": "max_words", "value": kw["num_words"] - 1}),
-    "keywords:frequency": lambda kw: (
-        {"type": "keyword_count", "keyword": kw["keyword"], "min": kw["frequency"]}
-        if kw["relation"] == "at least" else
-        {"type": "keyword_count", "keyword": kw["keyword"], "max": kw["frequency"] - 1}),
-}
-
-
-def ifeval_docs(dataset):
-    """IFEval: map the instructions dsparity's writing grader checks; list the others.
-
-    Constraints differ in shape, so they travel as JSON text and are decoded per row (an Arrow
-    struct would give every constraint every key, set to None)."""
-    import json
-
-    from _dsparity_data import _JsonFields
-
-    def one(doc):
-        constraints, unsupported = [], []
-        for inst, kwargs in zip(doc["instruction_id_list"], doc["kwargs"], strict=True):
-            kw = {k: v for k, v in (kwargs or {}).items() if v is not None}
-            made = _IFEVAL_MAP[inst](kw) if inst in _IFEVAL_MAP else None
-            if made:
-                constraints.append(made)
-            else:
-                unsupported.append(inst)
-        return {"constraints": json.dumps(constraints), "unsupported": unsupported}
-
-    return _JsonFields(dataset.map(one), ["constraints"])

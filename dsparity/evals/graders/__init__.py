@@ -8,6 +8,7 @@ from dsparity.evals.graders import (  # noqa: F401  (importing a module register
     choice,  # choice
     code,  # code, stdio
     judge,  # judge
+    lm_eval_metrics,  # lm_eval (a task's own lm-eval filters and metrics)
     loglikelihood,  # loglikelihood, fidelity
     maths,  # math
     web,  # web

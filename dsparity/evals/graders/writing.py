@@ -1,8 +1,10 @@
-"""Writing graders: IFEval-style verifiable constraints, and the long-form (100k-character novel
-with a reminder every 10,000 characters) structure checks. Reasoning is stripped first."""
+"""Writing graders: IFEval-style verifiable constraints (IFEval itself through lm-eval's own
+instruction checkers), and the long-form (100k-character novel with a reminder every 10,000
+characters) structure checks. Reasoning is stripped first."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import unicodedata
@@ -10,6 +12,7 @@ import zlib
 from collections import Counter
 from typing import Any
 
+from dsparity.errors import DsparityError
 from dsparity.evals.graders.base import Grade, GradeInput, register
 from dsparity.evals.graders.text import strip_reasoning
 
@@ -113,9 +116,65 @@ CONSTRAINT_TYPES = (
 )
 
 
+IFEVAL_PUNKT = "tokenizers/punkt_tab/english/"
+
+
+def ifeval_preflight(source: str) -> None:
+    """lm-eval's IFEval checkers can run here, offline; else one line saying what to install.
+
+    Their module downloads NLTK's `punkt_tab` when it is imported and the data is missing (a
+    network call in the middle of grading), and two instruction types split sentences with it;
+    so the data must be installed first. `langdetect` and `immutabledict` come with
+    `lm-eval[ifeval]`, which dsparity's install includes."""
+    missing = [m for m in ("langdetect", "immutabledict", "nltk") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise DsparityError(source, "checker: ifeval", f"lm-eval's IFEval checkers need "
+                            f"{', '.join(missing)}, which is not installed",
+                            "pip install 'lm-eval[ifeval]' (scripts/setup installs it)")
+    import nltk
+
+    try:
+        nltk.data.find(IFEVAL_PUNKT)
+    except LookupError:
+        raise DsparityError(source, "checker: ifeval", "lm-eval's IFEval checkers need NLTK's "
+                            "punkt_tab sentence model (english), which is not installed",
+                            "run python -m nltk.downloader punkt_tab where the internet is reachable, "
+                            "or set NLTK_DATA to a folder holding tokenizers/punkt_tab") from None
+
+
+def ifeval(sample: GradeInput) -> Grade:
+    """IFEval graded by lm-eval's own checkers (`lm_eval.tasks.ifeval.utils.process_results`,
+    Zhou et al. 2023): the prompt-level strict score (every instruction followed) is the score,
+    with the loose variant and the per-instruction results beside it. langdetect is seeded (0)
+    first: unseeded, it can name another language for the same text on another run."""
+    ifeval_preflight("writing grader (IFEval)")
+    from langdetect import DetectorFactory
+
+    DetectorFactory.seed = 0
+    from lm_eval.tasks.ifeval import utils as lm_ifeval
+
+    doc = sample.doc
+    text = strip_reasoning(sample.text)
+    kwargs = [dict(kw or {}) for kw in doc["kwargs"]]
+    results = lm_ifeval.process_results(
+        {"key": doc.get("key"), "instruction_id_list": list(doc["instruction_id_list"]),
+         "prompt": doc["prompt"], "kwargs": kwargs}, [text])
+    strict = bool(results["prompt_level_strict_acc"])
+    return Grade(float(strict), strict, {
+        "prompt_level_strict_acc": strict,
+        "prompt_level_loose_acc": bool(results["prompt_level_loose_acc"]),
+        "inst_level_strict_acc": [bool(x) for x in results["inst_level_strict_acc"]],
+        "inst_level_loose_acc": [bool(x) for x in results["inst_level_loose_acc"]],
+        "instructions": list(doc["instruction_id_list"]),
+        "checker": "lm_eval.tasks.ifeval",
+        "chars": len(text), "empty": not text, "truncated": sample.finish_reason == "length",
+    })
+
+
 @register("writing")
 def writing(sample: GradeInput, settings: dict) -> Grade:
-    """IFEval-style verifiable constraints.
+    """IFEval-style verifiable constraints (with settings `checker: ifeval`: IFEval's own
+    instructions, checked by lm-eval's IFEval code; see `ifeval`).
 
     doc field `constraints` (or settings `constraints`): a list of `{"type": ..., ...}`:
     `min_chars`/`max_chars` (`value`, Unicode code points), `min_words`/`max_words` (`value`; `\\w+`
@@ -126,6 +185,8 @@ def writing(sample: GradeInput, settings: dict) -> Grade:
     and ideographic), `ends_with`/`starts_with` (`value`), `forbidden_words` (`value`: list),
     `min_paragraphs` (`value`). score = fraction satisfied; passed = all; details per constraint.
     """
+    if settings.get("checker") == "ifeval":
+        return ifeval(sample)
     text = strip_reasoning(sample.text)
     constraints = sample.doc.get("constraints") or settings.get("constraints") or []
     results = []
