@@ -7,6 +7,11 @@
 
 lm-eval's plain `lm-eval` command cannot import a plugin model, hence the thin wrapper CLI that
 imports this module (which registers both names) before handing over to lm-eval's own entry.
+
+Devices: lm-eval hands every model its `--device` (default `cuda:0`, also on a machine without
+CUDA). `dsparity-local` maps it: `cuda:N` runs on CUDA device N when torch sees it, else on the
+CPU with a note on stderr; `cpu`, `cuda` and `auto` are dsparity's own; `mps` and others run on
+the CPU with a note. A `device=` in `--model_args` wins over `--device`.
 Generation goes through each backend's chat path; `loglikelihood` and `loglikelihood_rolling`
 through its scoring path (exact in-process, `/v1/completions` with echo and logprobs remotely),
 tokenized there as lm-eval's `hf` model tokenizes.
@@ -16,6 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import sys
 from urllib.parse import urlencode
 
 from lm_eval.api.model import LM
@@ -29,12 +36,51 @@ from dsparity.evals.specs import LOCAL_KEYS, OPENAI_KEYS, parse_spec
 _LM_EVAL_ARGS = {"batch_size", "max_batch_size", "device", "trust_remote_code"}
 
 
+def local_device(device: str) -> str:
+    """lm-eval's device string -> dsparity's (cpu | cuda | auto), honouring only what exists."""
+    value = str(device).strip().lower()
+    if value in ("cpu", "auto"):
+        return value
+    match = re.fullmatch(r"cuda(?::(\d+))?", value)
+    if match:
+        import torch
+
+        index = int(match.group(1) or 0)
+        if torch.cuda.is_available() and index < torch.cuda.device_count():
+            torch.cuda.set_device(index)  # dsparity's `cuda` is the current CUDA device
+            return "cuda"
+        have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        print(f"dsparity-local: device {device!r} asked for, but torch sees "
+              f"{have or 'no'} CUDA device{'s' if have != 1 else ''}; running on cpu", file=sys.stderr)
+        return "cpu"
+    print(f"dsparity-local: device {device!r} is not one dsparity runs on; running on cpu",
+          file=sys.stderr)
+    return "cpu"
+
+
 class _DsparityLM(LM):
     kind = ""
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None):
+        """lm-eval's constructor path, with `--model_args` winning over lm-eval's own settings
+        (its default `device=cuda:0` would otherwise collide with a `device=` given there)."""
+        from lm_eval.utils import simple_parse_args_string
+
+        args = simple_parse_args_string(arg_string) if arg_string else {}
+        extra = {k: v for k, v in (additional_config or {}).items() if v is not None and k not in args}
+        return cls(**args, **extra)
+
+    @classmethod
+    def create_from_arg_obj(cls, arg_dict: dict, additional_config: dict | None = None):
+        extra = {k: v for k, v in (additional_config or {}).items() if v is not None and k not in arg_dict}
+        return cls(**arg_dict, **extra)
 
     def __init__(self, model: str, base_url: str | None = None, **options):
         super().__init__()
         allowed = LOCAL_KEYS if self.kind == "local" else OPENAI_KEYS
+        if self.kind == "local" and options.get("device") is not None:
+            options["device"] = local_device(options["device"])
         opts = {k: v for k, v in options.items() if k in allowed}
         unknown = set(options) - set(allowed) - _LM_EVAL_ARGS
         if unknown:
