@@ -12,8 +12,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from hub_cache import hub_home_fixture  # noqa: F401  (the `hub_home` fixture)
-from hub_cache import write_dataset, write_hub_file
+from hub_cache import (
+    hub_home_fixture,  # noqa: F401  (the `hub_home` fixture)
+    write_dataset,
+    write_hub_file,
+)
 
 from dsparity.errors import DsparityError
 from dsparity.evals.graders import GradeInput, get_grader

@@ -11,8 +11,10 @@ import json
 import shutil
 
 import pytest
-from hub_cache import hub_home_fixture  # noqa: F401  (the `hub_home` fixture)
-from hub_cache import write_dataset
+from hub_cache import (
+    hub_home_fixture,  # noqa: F401  (the `hub_home` fixture)
+    write_dataset,
+)
 from tasks_helpers import cli
 
 from dsparity.errors import DsparityError
