@@ -234,6 +234,18 @@ def test_local_jsonl_task_with_include_and_shots_and_show(tmp_path):
     assert "Q: shot 0\nA: S0\n\nQ: shot 1\nA: S1\n\nQ: ask 1\nA:" in out
 
 
+def test_filters_are_applied_as_written_slashes_and_all(tmp_path):
+    folder = _tiny_folder(tmp_path, "tiny_frac", "filter_list:\n  - name: frac\n    filter:\n"
+                          "      - function: regex\n        regex_pattern: 'A(\\d)/1'\n"
+                          "      - function: take_first\n"
+                          "metric_list:\n  - metric: exact_match\n    regexes_to_ignore: ['A']\n")
+    spec = load_tasks(names=["tiny_frac"], include=[folder])[0]
+    item = spec.items[1]  # target A1
+    grade = _grade(spec, item, "I get A1/1 here")
+    assert grade.details["filtered"] == {"frac": "1"} and grade.passed
+    assert not _grade(spec, item, "I get A2/1 here").passed
+
+
 @pytest.mark.parametrize("extra, field, words", [
     ("process_results: !function utils.process\n", "process_results", "own Python function"),
     ("filter_list:\n  - name: mine\n    filter:\n      - function: custom\n", "filter_list[0].filter[0]",
@@ -241,6 +253,7 @@ def test_local_jsonl_task_with_include_and_shots_and_show(tmp_path):
     ("metric_list:\n  - metric: bleu\n    aggregation: bleu\n", "metric_list[0].aggregation",
      "dsparity averages each item's score"),
     ("metric_list:\n  - metric: no_such_metric\n", "metric_list[0].metric", "not an lm-eval metric"),
+    ("metric_list:\n  - metric: !function utils.score\n", "metric_list[0].metric", "comes from code"),
     ("metadata:\n  dsparity:\n    grader: exact\nfilter_list:\n  - name: f\n    filter:\n"
      "      - function: take_first\n", "filter_list", "would be skipped"),
     ("gen_prefix: 'Answer:'\n", "gen_prefix", "cannot pre-fill"),

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from dsparity.errors import DsparityError
+from dsparity.evals.task_yaml import is_function
 
 SCORE_METRICS = {
     "multiple_choice": {"acc", "acc_norm", "acc_bytes", "exact_match", "acc_mutual_info"},
@@ -30,8 +31,8 @@ _NOT_KWARGS = ("metric", "aggregation", "higher_is_better", "hf_evaluate")
 
 
 def _is_code(value: Any) -> bool:
-    """A `!function` reference as the reader keeps it (a path), not a registered name."""
-    return isinstance(value, str) and "/" in value
+    """A `!function` reference (code from the task), not a registered name or a plain value."""
+    return is_function(value)
 
 
 def check(path: Path, config: dict[str, Any], output_type: str, grader: str,

@@ -18,12 +18,16 @@ import yaml
 from dsparity.errors import DsparityError
 
 
+class FunctionRef(str):
+    """A `!function` reference: the path string lm-eval's index keeps, marked as code."""
+
+
 def _loader(base: Path) -> type[yaml.SafeLoader]:
     class Loader(yaml.SafeLoader):
         pass
 
     Loader.add_constructor("!function",
-                           lambda loader, node: str(base / loader.construct_scalar(node)))
+                           lambda loader, node: FunctionRef(base / loader.construct_scalar(node)))
     return Loader
 
 
@@ -90,8 +94,10 @@ def included_files(path: Path) -> set[Path]:
     return out
 
 
+def is_function(value: Any) -> bool:
+    return isinstance(value, FunctionRef)
+
+
 def function_folder(value: Any) -> Path | None:
     """The folder a `!function` reference was written in (None for anything else)."""
-    if isinstance(value, str) and "/" in value and not value.startswith(("{", " ")):
-        return Path(value).parent
-    return None
+    return Path(value).parent if isinstance(value, FunctionRef) else None
