@@ -228,3 +228,26 @@ def test_sparse_stage_with_lm_loss_routes_gradients_apart():
     assert len(history) == 3 and all(math.isfinite(h["lm_loss"]) for h in history)
     assert not torch.equal(model.model.layers[0].mlp.down_proj.weight, w_before)
     assert not torch.equal(model.model.layers[0].self_attn.dsa_indexer.wk.weight, ix_before)
+
+
+def test_stacked_indexers_score_like_each_layers_indexer():
+    """Training runs every layer at once (StackedIndexers); its scores are each indexer's."""
+    from dsparity.model.convert import dsa_layers
+    from dsparity.model.stacked import StackedIndexers
+    from dsparity.model.warmup import row_scores
+
+    model = convert_to_dsa(tiny_model("llama", 3), TINY_DSA)
+    indexers = [layer.indexer for layer in dsa_layers(model)]
+    for ix in indexers:  # non-trivial LayerNorm parameters too
+        torch.nn.init.normal_(ix.k_norm.weight)
+        torch.nn.init.normal_(ix.k_norm.bias)
+    x = torch.randn(len(indexers), 50, 64)
+    rows = torch.tensor([3, 17, 30, 49])
+    got = StackedIndexers(indexers).scores(x, rows)
+    for n, ix in enumerate(indexers):
+        torch.testing.assert_close(got[n], row_scores(ix, x[n], rows), rtol=1e-5, atol=1e-5)
+    stacked = StackedIndexers(indexers)
+    with torch.no_grad():
+        stacked.wk.add_(1.0)
+    stacked.write_back(indexers)
+    torch.testing.assert_close(indexers[1].wk.weight, stacked.wk[1])

@@ -43,6 +43,7 @@ from dsparity.model.metrics import (
     mean_metrics,
     selected_set_kl,
 )
+from dsparity.model.stacked import StackedIndexers
 
 
 @dataclass(frozen=True)
@@ -182,31 +183,31 @@ def _sample(c: Capture, n: int, share: float, gen: torch.Generator) -> torch.Ten
 def train_stage(model, captures: list[Capture], heldout: list[Capture], cfg: WarmupConfig, k: int,
                 *, stage: str, steps: int, lr: float, progress=None, history=None,
                 step0: int = 0, total: int = 0) -> None:
-    layers = list(dsa_layers(model))
+    """`steps` Adam steps on every layer's indexer at once (`StackedIndexers`); each layer's
+    indexer has its own loss, the mean over layers is what is minimised."""
+    indexers = [layer.indexer for layer in dsa_layers(model)]
+    dev = indexers[0].wk.weight.device  # captures live on the CPU, indexers anywhere
+    stacked = StackedIndexers(indexers).to(dev)
     gen = torch.Generator().manual_seed(cfg.seed + (0 if stage == "dense" else 1))
-    opt = torch.optim.Adam([q for layer in layers for q in layer.indexer.parameters()], lr=lr)
+    opt = torch.optim.Adam(stacked.parameters(), lr=lr)
     task = progress.add_task(f"indexers: {stage} stage", total=steps, info="") if progress else None
     for i in range(steps):
         c = captures[int(torch.randint(len(captures), (1,), generator=gen))]
         pick = _sample(c, cfg.rows_per_step, cfg.answer_share, gen)
-        rows = c.rows[pick]
-        losses = []
-        for layer in layers:
-            dev = layer.indexer.wk.weight.device  # captures live on the CPU, indexers anywhere
-            x = c.x[layer.layer_idx].to(dev, torch.float32)
-            p = c.p[layer.layer_idx, pick].to(dev, torch.float32)
-            scores = row_scores(layer.indexer, x, rows.to(dev))
-            loss = kl_rows(p, scores)
-            if stage == "sparse":
-                loss = loss + selected_set_kl(scores, p, k)
-            losses.append(loss.mean())
-        loss = torch.stack(losses).mean()  # every layer's indexer has its own loss
+        rows = c.rows[pick].to(dev)
+        p = c.p[:, pick].to(dev, torch.float32).flatten(0, 1)  # [N * R, L]
+        scores = stacked.scores(c.x.to(dev, torch.float32), rows).flatten(0, 1)
+        loss = kl_rows(p, scores)
+        if stage == "sparse":
+            loss = loss + selected_set_kl(scores, p, k)
+        loss = loss.mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         step = step0 + i + 1
         entry = {"step": step, "stage": stage, "loss": loss.item()}
         if step % cfg.eval_every == 0 and step < total:
+            stacked.write_back(indexers)
             m, _ = evaluate(model, heldout, k, stride=4)
             entry.update(_metrics_entry(m))
         history.append(entry)
@@ -214,6 +215,7 @@ def train_stage(model, captures: list[Capture], heldout: list[Capture], cfg: War
             info = f"loss {entry['loss']:.3f}" + (f"  needle recall {entry['needle']:.3f}"
                                                   if entry.get("needle") is not None else "")
             progress.update(task, advance=1, info=info)
+    stacked.write_back(indexers)
 
 
 def _metrics_entry(m: SelectionMetrics) -> dict:
@@ -226,21 +228,22 @@ def evaluate(model, captures: list[Capture], k: int,
              stride: int = 1) -> tuple[SelectionMetrics, list[SelectionMetrics]]:
     """Held-out metrics per layer and their mean: rows past k for KL and mass recall, answer rows
     with known evidence for needle recall."""
-    per_layer = []
-    for layer in dsa_layers(model):
-        items = []
-        dev = layer.indexer.wk.weight.device
-        for c in captures:
-            thin = torch.arange(len(c.rows)) % stride == 0  # intermediate evaluations: fewer rows
-            keep = (c.evidence >= 0) | ((c.rows >= k) & thin)
-            if not keep.any():
-                continue
-            rows = c.rows[keep].to(dev)
-            x = c.x[layer.layer_idx].to(dev, torch.float32)
-            p = c.p[layer.layer_idx, keep].to(dev, torch.float32)
-            items.append(layer_metrics(p, row_scores(layer.indexer, x, rows), rows, k,
-                                       evidence=c.evidence[keep].to(dev)))
-        per_layer.append(mean_metrics(items))
+    indexers = [layer.indexer for layer in dsa_layers(model)]
+    dev = indexers[0].wk.weight.device
+    stacked = StackedIndexers(indexers).to(dev)
+    items: list[list[SelectionMetrics]] = [[] for _ in indexers]
+    for c in captures:
+        thin = torch.arange(len(c.rows)) % stride == 0  # intermediate evaluations: fewer rows
+        keep = (c.evidence >= 0) | ((c.rows >= k) & thin)
+        if not keep.any():
+            continue
+        rows = c.rows[keep].to(dev)
+        scores = stacked.scores(c.x.to(dev, torch.float32), rows)  # [N, R, L]
+        p = c.p[:, keep].to(dev, torch.float32)
+        evidence = c.evidence[keep].to(dev)
+        for n in range(len(indexers)):
+            items[n].append(layer_metrics(p[n], scores[n], rows, k, evidence=evidence))
+    per_layer = [mean_metrics(m) for m in items]
     return mean_metrics(per_layer), per_layer
 
 
