@@ -12,6 +12,8 @@ from tiny_models import (
     YARN,
     assert_decode_selects_like_full_forward,
     byte_tokenizer,
+    cache_kwargs,
+    has_deepseek_v32,
     save_tiny_deepseek_v3,
     tiny_deepseek_v3,
     tiny_model,
@@ -20,12 +22,8 @@ from tiny_models import (
 from dsparity.model import DSAConfig, convert_to_dsa, remove_dsa, set_dsa, use_dsparity_attention
 
 pytest.importorskip("transformers.models.deepseek_v3")
-HAS_V32 = True
-try:
-    from transformers import DeepseekV32ForCausalLM  # noqa: F401
-except ImportError:  # transformers 5.0 has no DeepseekV32: conversion works, export cannot
-    HAS_V32 = False
-needs_v32 = pytest.mark.skipif(not HAS_V32, reason="this transformers has no DeepseekV32")
+# transformers 5.0 has no DeepseekV32: conversion works there, export and loading cannot
+needs_v32 = pytest.mark.skipif(not has_deepseek_v32(), reason="this transformers has no DeepseekV32")
 
 SMALL = dict(index_n_heads=4, index_head_dim=16)
 
@@ -184,13 +182,13 @@ def test_chunked_prefill_and_decode_append_the_latent_cache_in_place():
         one = model.dsa_runtime.recorded[0][0]
         model.dsa_runtime.recorded = {}
         cache = DynamicCache(config=model.config)
-        parts = [model(ids[:, :17], cache=cache, use_cache=True).logits]
+        parts = [model(ids[:, :17], **cache_kwargs(cache)).logits]
         layer = cache.layers[0]
         assert layer.keys.shape == (1, 1, 17, 32 + 8)  # latent rows: c^KV (32) + k^R (8)
         assert layer.values.shape == (1, 1, 17, 16)  # indexer keys
         ptrs = (layer.keys.data_ptr(), layer.values.data_ptr())
         for i in range(17, 30):
-            parts.append(model(ids[:, i:i + 1], cache=cache, use_cache=True).logits)
+            parts.append(model(ids[:, i:i + 1], **cache_kwargs(cache)).logits)
             assert (layer.keys.data_ptr(), layer.values.data_ptr()) == ptrs  # written in place
     assert cache.get_seq_length() == 30
     assert torch.equal(torch.cat(model.dsa_runtime.recorded[0], 1), one)
@@ -307,9 +305,9 @@ def test_v32_latent_path_never_builds_the_score_matrix(tmp_path, monkeypatch):
     cache = DynamicCache(config=model.config)
     model.dsa_runtime.recorded = {}
     with torch.no_grad():
-        model(ids[:, :12], cache=cache, use_cache=True)
+        model(ids[:, :12], **cache_kwargs(cache))
         for i in range(12, 30):
-            model(ids[:, i:i + 1], cache=cache, use_cache=True)
+            model(ids[:, i:i + 1], **cache_kwargs(cache))
     assert len(model.dsa_runtime.recorded[0]) == 1 + 18
 
 
@@ -330,6 +328,16 @@ def test_export_refuses_what_deepseek_v32_cannot_hold(tmp_path):
     with pytest.raises(DsparityError, match="DeepseekV3"):
         export_v32(convert_to_dsa(tiny_model("llama"), DSAConfig(**SMALL)), tmp_path / "c")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["full"]
+
+
+@pytest.mark.skipif(has_deepseek_v32(), reason="this transformers has DeepseekV32")
+def test_export_without_deepseek_v32_in_transformers_says_so(tmp_path):
+    from dsparity.errors import DsparityError
+    from dsparity.model.export import export_v32
+
+    with pytest.raises(DsparityError, match="has no DeepseekV32 model"):
+        export_v32(_converted(), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_model_without_query_latent_converts_with_hidden_state_queries():

@@ -63,6 +63,26 @@ def save_tiny(folder: Path, arch: str = "llama", seed: int = 0) -> Path:
     return folder
 
 
+def cache_kwargs(cache) -> dict:
+    """Forward kwargs that hand `cache` over under this transformers' name for it: `cache` in late
+    5.x releases, `past_key_values` in early ones (where `cache=` would be silently ignored)."""
+    import inspect
+
+    from transformers.models.llama.modeling_llama import LlamaModel
+
+    takes_cache = "cache" in inspect.signature(LlamaModel.forward).parameters
+    return {"cache" if takes_cache else "past_key_values": cache, "use_cache": True}
+
+
+def has_deepseek_v32() -> bool:
+    """transformers >= the release that added DeepseekV32 (5.0 has only DeepseekV3)."""
+    try:
+        from transformers import DeepseekV32ForCausalLM  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def assert_decode_selects_like_full_forward(model, prompt, steps: int) -> None:
     """Greedy decoding with a KV cache picks, at every step and layer, the same index set for the
     new token as a full forward over the sequence so far, and so the same tokens."""

@@ -69,7 +69,7 @@ def convert(
     from dsparity.cli.base import console
     from dsparity.cli.base import out as results
     from dsparity.model import DSAConfig, WarmupConfig, convert_to_dsa, warm_up
-    from dsparity.model.export import export_v32
+    from dsparity.model.export import export_v32, v32_classes
     from dsparity.model.loading import load_causal_lm
 
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -80,6 +80,7 @@ def convert(
                             f"{seq_len}, so no query row has anything to select",
                             "lower --topk, raise --seq-len, or pass --warmup-steps 0")
     name = _model_name(model)
+    v32_classes(f"--out {out}")  # this transformers can write DeepseekV32 at all
     _check_architecture(name)
     lm, tokenizer, resolved = load_causal_lm(name)
     _require_deepseek_v3(name, getattr(lm.config, "model_type", "?"))

@@ -30,7 +30,7 @@ from dsparity.errors import DsparityError
 SIDECAR = "dsparity.json"  # provenance: base model, DSA config, warm-up report
 
 
-def _v32_classes(source: str):
+def v32_classes(source: str):
     try:
         from transformers import DeepseekV32Config, DeepseekV32ForCausalLM
     except ImportError as exc:
@@ -109,7 +109,7 @@ def export_v32(model, out: str | Path, *, tokenizer=None, provenance: dict | Non
         raise DsparityError(source, "path", "exists and is not an empty folder",
                             "choose a new folder or empty this one")
     check_exportable(model, source)
-    config_cls, model_cls = _v32_classes(source)
+    config_cls, model_cls = v32_classes(source)
     cfg = v32_config(model, config_cls)
     cfg.dtype = next(model.parameters()).dtype
     with torch.device("meta"):
