@@ -209,6 +209,30 @@ def test_beam_search_reorders_the_latent_and_indexer_caches():
     assert not torch.equal(model.generate(prompt, use_cache=True, **kw), cached)
 
 
+def test_static_cache_generates_like_the_dynamic_cache():
+    """Static caches keep their own in-place buffers (T = capacity, unused slots masked)."""
+    model = _converted(index_topk=6)
+    prompt = _ids(1, 20, 13)
+    dynamic = model.generate(prompt, max_new_tokens=8, do_sample=False)
+    static = model.generate(prompt, max_new_tokens=8, do_sample=False, cache_implementation="static")
+    assert torch.equal(dynamic, static)
+
+
+def test_indexer_file_round_trip(tmp_path):
+    """prepare_dsa's cache format (checkpoint.py) holds MLA indexers too."""
+    from dsparity.model import load_indexers, save_indexers
+
+    model = _converted(seed=3, index_topk=6)
+    path = save_indexers(model, tmp_path / "ix.safetensors", base_model="tiny-v3", base_revision="r1")
+    other = convert_to_dsa(tiny_deepseek_v3(3), DSAConfig(**SMALL, index_topk=6), seed=9)  # same base
+    ids = _ids(1, 30, 14)
+    with torch.no_grad():
+        want = model(ids).logits
+        assert not torch.allclose(other(ids).logits, want)
+        load_indexers(other, path, expect_revision="r1")
+        torch.testing.assert_close(other(ids).logits, want, atol=0, rtol=0)
+
+
 # ---------------------------------------------------------------- the DeepseekV32 checkpoint
 
 
@@ -309,6 +333,34 @@ def test_v32_latent_path_never_builds_the_score_matrix(tmp_path, monkeypatch):
         for i in range(12, 30):
             model(ids[:, i:i + 1], **cache_kwargs(cache))
     assert len(model.dsa_runtime.recorded[0]) == 1 + 18
+
+
+@needs_v32
+def test_local_backend_runs_a_v32_checkpoint_on_its_own_indexers(tmp_path):
+    """`local:DIR?attention=dsa` on a DeepseekV32 checkpoint: no warm-up, its own indexers, the
+    latent path; `topk` defaults to the checkpoint's index_topk; the controls work there too."""
+    import asyncio
+
+    from dsparity.evals.backends.base import Request
+    from dsparity.evals.backends.local import LocalBackend
+    from dsparity.evals.specs import parse_spec
+    from dsparity.model.export import export_v32
+
+    model = _converted(index_topk=6)
+    model.generation_config.eos_token_id = 257
+    export_v32(model, tmp_path / "ckpt", tokenizer=byte_tokenizer())
+    backend = LocalBackend(parse_spec(f"local:{tmp_path / 'ckpt'}?attention=dsa"))
+    backend.load()
+    runtime = backend.model.dsa_runtime
+    assert (runtime.mode, runtime.topk, runtime.enabled) == ("dsa", 6, True)
+    runtime.recorded = {}
+    done = asyncio.run(backend.generate(Request(messages=(("user", "hi " * 10),),
+                                                max_tokens=4, temperature=0.0)))
+    assert done.error is None
+    assert runtime.recorded[0][0].shape[-1] == 6
+    window = LocalBackend(parse_spec(f"local:{tmp_path / 'ckpt'}?attention=window&topk=4"))
+    window.load()
+    assert (window.model.dsa_runtime.mode, window.model.dsa_runtime.topk) == ("window", 4)
 
 
 @needs_v32
