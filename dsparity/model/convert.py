@@ -141,9 +141,25 @@ def use_dsparity_attention(model: torch.nn.Module, *,
 
     if deterministic_indexer:
         return mla.use_latent_attention(model)
-    register()
-    model.set_attn_implementation(DSA_ATTENTION)
+    model.set_attn_implementation(_register_indices_attention())
     return model
+
+
+DSA_INDICES_ATTENTION = "dsparity_dsa_indices"
+
+
+def _register_indices_attention() -> str:
+    """``dsparity_dsa`` with transformers' additive (float) mask: DeepseekV32's own indexer adds
+    the mask to its scores in some 5.x releases (5.11: ``index_scores + attention_mask``), which a
+    boolean mask would turn into +1/+0 instead of -inf/0. `attention.dsa_attention` reads both."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+    from dsparity.model.attention import dsa_attention
+
+    AttentionInterface.register(DSA_INDICES_ATTENTION, dsa_attention)
+    AttentionMaskInterface.register(DSA_INDICES_ATTENTION, eager_mask)
+    return DSA_INDICES_ATTENTION
 
 
 def _update_index_cache(cache, layer_idx: int, new_keys: torch.Tensor, past: int) -> torch.Tensor:

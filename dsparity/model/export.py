@@ -64,6 +64,8 @@ def v32_config(model, config_cls):
     fields = {k: v for k, v in base.items() if k in known and k not in ("model_type", "architectures",
                                                                        "head_dim", "layer_types",
                                                                        "mlp_layer_types")}
+    if "num_experts" in known:  # transformers 5.11-5.x: the experts read num_experts
+        fields["num_experts"] = base["n_routed_experts"]
     dsa = model.dsa_runtime.config
     fields.update(index_topk=dsa.index_topk, index_n_heads=dsa.index_n_heads,
                   index_head_dim=dsa.index_head_dim)
