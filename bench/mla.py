@@ -1,9 +1,13 @@
 #!/usr/bin/env python
 """One MLA attention layer on its latent layout, dense vs DSA sparse, measured side by side in one run.
 
-    python bench/mla.py --quick --json   # a few minutes: prefill 16K, decode 16K / 32K / 64K
-    python bench/mla.py                  # prefill and decode at 16K, 32K, 64K (run it once: ~15 min)
+    python bench/mla.py --quick --json   # a few minutes: decode 16K-64K, prefill chunks at 16K, 64K
+    python bench/mla.py                  # decode and prefill chunks at 16K, 32K, 64K, full 16K prefill
     python bench/mla.py --gpu --json     # H200: Triton kernels vs SDPA (bench/attention_gpu.sh)
+
+Rows: "decode" = one new token against an L-token cache; "chunk" = a 2048-token prefill chunk at
+the end of an L-token context (chunked prefill: the prefill cost per token at position L, what
+DeepSeek's Figure 3 plots, at 1/16 of a full 64K prefill's work); "prefill" = all L tokens.
 
 Shapes: DeepSeek-V3.2-Exp's per-head dims (dsa.md §2) with the heads scaled down 8x so that one
 layer fits two CPU cores: 16 query heads, kv_lora_rank r = 512, rope 64, nope 128, v 128; indexer
@@ -16,15 +20,16 @@ q_rope and after the per-head output are the same for both and not timed):
 - dense, MHA mode ("mha"): decompress K/V per head from the latent (kv_b_proj), SDPA causal
   (what transformers' DeepseekV3 does, and what DeepSeek's service runs for short prefill);
 - dense, MQA mode ("mqa"): absorb W^UK into the queries, SDPA over the latent shared by all heads
-  (one KV head of 576, value its first 512; in decode the heads are SDPA's query rows), then W^UV;
-  the dense baseline of a row is the faster of the two where both ran (SDPA-class kernels only).
-  In decode the MHA mode would decompress the whole cache every step; only MQA is timed.
+  (one KV head of 576; in decode the heads are SDPA's query rows), then W^UV;
+  the dense baseline of a row is the faster of the two (SDPA-class kernels only; both are shaped so
+  that torch's CPU flash kernel runs, see `dense_mha` / `dense_mqa`). In decode the MHA mode would
+  decompress the whole cache every step; only MQA is timed there, and a plain matmul-softmax-matmul
+  of the same step is printed beside it for reference.
 - sparse (dsparity): fused indexer + top-k (`kernels.indexer_topk`, never the [S, T] matrix),
   absorb W^UK, sparse attention over the selected latent rows (`kernels.sparse_attention`: one
   gathered row serves all 16 heads), then W^UV.
 Times are medians over repeats on one thread (a shared 2-core box, stack.md); "dense/sparse" is
-the ratio measured in the same run. The MQA-mode dense prefill costs 3.4x the FLOPs per pair of
-the MHA mode (1088 vs 320 per head); it is timed at 16K only, where it shows which mode is faster.
+the ratio measured in the same run.
 """
 
 from __future__ import annotations
@@ -85,18 +90,35 @@ def _scale(sh: MLAShape) -> float:
     return (sh.nope + sh.rope) ** -0.5
 
 
+def _causal(s: int, t: int, device) -> torch.Tensor | None:
+    """Bottom-right causal mask [S, T] for a chunk of S queries at the end of T keys (None: S == T,
+    SDPA's own is_causal; S == 1: nothing to mask)."""
+    if s in (1, t):
+        return None
+    return torch.arange(t, device=device)[None] <= torch.arange(t - s, t, device=device)[:, None]
+
+
+def _sdpa(q, k, v, sh: MLAShape) -> torch.Tensor:
+    s, t = q.shape[2], k.shape[2]
+    return torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, attn_mask=_causal(s, t, q.device), is_causal=s == t and s > 1, scale=_scale(sh))
+
+
 def dense_mha(x: dict, sh: MLAShape) -> torch.Tensor:
-    """MHA mode: decompress K/V per head from the latent, SDPA causal -> [1, S, H, v]."""
+    """MHA mode: decompress K/V per head from the latent, SDPA causal -> [1, S, H, v].
+
+    V is zero-padded to K's width (192) and the output cut back, as transformers does for flash
+    attention: with unequal widths torch's CPU SDPA leaves the flash kernel for the math fallback,
+    which materialises [H, S, T] (4 GiB at 8K) and is several times slower."""
     r = sh.kv_lora_rank
     lat = x["latent"][0]
     t = lat.shape[0]
     kv = torch.matmul(lat[:, :r], x["w_kv"].reshape(-1, r).t()).view(t, sh.heads, sh.nope + sh.v)
     k = torch.cat([kv[..., :sh.nope], lat[:, None, r:].expand(t, sh.heads, sh.rope)], -1)
+    v = torch.nn.functional.pad(kv[..., sh.nope:], (0, sh.nope + sh.rope - sh.v))
     q = torch.cat([x["q_nope"][0], x["q_rot"][0]], -1)
-    out = torch.nn.functional.scaled_dot_product_attention(
-        q.transpose(0, 1), k.transpose(0, 1), kv[..., sh.nope:].transpose(0, 1),
-        is_causal=q.shape[0] > 1, scale=_scale(sh))
-    return out.transpose(0, 1)
+    out = _sdpa(q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None], sh)
+    return out[0, ..., :sh.v].transpose(0, 1)[None]
 
 
 def absorb(x: dict, sh: MLAShape) -> torch.Tensor:
@@ -113,20 +135,21 @@ def expand_out(o: torch.Tensor, x: dict, sh: MLAShape) -> torch.Tensor:
 def dense_mqa(x: dict, sh: MLAShape) -> torch.Tensor:
     """MQA mode: absorbed queries, SDPA over the latent shared by every head -> [1, S, H, v].
 
-    Decode folds the heads into SDPA's query axis (all heads of one token see the same keys, so
-    they are H query rows of one single-head attention, as FlashMLA's decode treats them); SDPA's
-    grouped-query path would repeat the cache per head. Prefill keeps heads as heads (causality
-    differs per token) with enable_gqa."""
+    The value passed is the whole latent row (output cut to its first r columns): with equal q/k/v
+    widths torch's CPU flash kernel runs, not the math fallback (4x slower in decode, [H, S, T] in
+    memory in prefill). Decode folds the heads into SDPA's query axis (every head of one token sees
+    the same keys: H query rows of one single-head attention, as FlashMLA's decode treats them);
+    prefill keeps heads as heads (causality differs per token), the latent expanded without a copy."""
     r = sh.kv_lora_rank
     q = absorb(x, sh)  # [1, S, H, 576]
     kv = x["latent"][:, None]  # [1, 1, T, 576]
     if q.shape[1] == 1:
         o = torch.nn.functional.scaled_dot_product_attention(
-            q.view(1, 1, sh.heads, -1), kv, kv[..., :r], scale=_scale(sh))  # [1, 1, H, r]
-        return expand_out(o, x, sh)
-    o = torch.nn.functional.scaled_dot_product_attention(
-        q.transpose(1, 2), kv, kv[..., :r], is_causal=True, scale=_scale(sh), enable_gqa=True)
-    return expand_out(o.transpose(1, 2), x, sh)
+            q.view(1, 1, sh.heads, -1), kv, kv, scale=_scale(sh))  # [1, 1, H, 576]
+        return expand_out(o[..., :r], x, sh)
+    kvh = kv.expand(1, sh.heads, -1, -1)
+    o = _sdpa(q.transpose(1, 2), kvh, kvh, sh)
+    return expand_out(o.transpose(1, 2)[..., :r], x, sh)
 
 
 def dense_mqa_matmul(x: dict, sh: MLAShape) -> torch.Tensor:
@@ -160,15 +183,18 @@ def flops(sh: MLAShape, s: int, t: int) -> dict:
                 + 2 * sh.heads * (lat + sh.kv_lora_rank) * selected)
 
 
-def run_case(sh: MLAShape, kind: str, length: int, dtype, reps: int, with_mqa: bool,
-             warmup: bool = True) -> dict:
-    s = length if kind == "prefill" else 1
+CHUNK = 2048  # query tokens of one prefill chunk
+
+
+def run_case(sh: MLAShape, kind: str, length: int, dtype, reps: int, warmup: bool = True) -> dict:
+    """kind: "decode" (1 query), "chunk" (CHUNK queries at the end of `length` keys: the prefill
+    cost per token at that position) or "prefill" (all `length` queries)."""
+    s = {"decode": 1, "chunk": min(CHUNK, length), "prefill": length}[kind]
     x = inputs(sh, s, length, dtype)
     times, peaks = {}, {}
-    if kind == "prefill":
+    if kind != "decode":  # decode in MHA mode would decompress the whole cache every step
         times["mha"], peaks["mha"], _ = measure(lambda: dense_mha(x, sh), reps, warmup=warmup)
-    if with_mqa or kind == "decode":
-        times["mqa"], peaks["mqa"], _ = measure(lambda: dense_mqa(x, sh), reps, warmup=warmup)
+    times["mqa"], peaks["mqa"], _ = measure(lambda: dense_mqa(x, sh), reps, warmup=warmup)
     if kind == "decode":
         times["matmul"], _, _ = measure(lambda: dense_mqa_matmul(x, sh), reps, warmup=warmup)
     t_idx, m_idx, idx = measure(lambda: sparse_select(x, sh), reps, warmup=warmup)
@@ -176,8 +202,8 @@ def run_case(sh: MLAShape, kind: str, length: int, dtype, reps: int, with_mqa: b
     dense_mode = min((m for m in ("mha", "mqa") if m in times), key=times.get)
     t_dense, t_sparse = times[dense_mode], t_idx + t_att
     f = flops(sh, s, length)
-    row = dict(kind=kind, L=length, k=sh.topk, dense_mode=dense_mode, dense_ms=t_dense * 1e3,
-               mha_ms=times.get("mha", 0) * 1e3 or None, mqa_ms=times.get("mqa", 0) * 1e3 or None,
+    row = dict(kind=kind, L=length, S=s, k=sh.topk, dense_mode=dense_mode, dense_ms=t_dense * 1e3,
+               mha_ms=times["mha"] * 1e3 if "mha" in times else None, mqa_ms=times["mqa"] * 1e3,
                sparse_ms=t_sparse * 1e3, indexer_topk_ms=t_idx * 1e3, attn_ms=t_att * 1e3,
                speedup=t_dense / t_sparse,
                dense_gflops=f[dense_mode] / t_dense / 1e9, sparse_gflops=f["sparse"] / t_sparse / 1e9,
@@ -208,34 +234,34 @@ def fmt_table(rows: list[dict]) -> str:
 def cpu_main(args) -> dict:
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     if args.quick:
-        prefill, decode, reps = [16384], [16384, 32768, 65536], 1
+        plan = {"decode": [16384, 32768, 65536], "chunk": [16384, 65536], "prefill": []}
     else:
-        prefill, decode, reps = [16384, 32768, 65536], [16384, 32768, 65536], args.reps
-    if args.prefill is not None:
-        prefill = [int(v) for v in args.prefill.split(",") if v]
-    if args.decode is not None:
-        decode = [int(v) for v in args.decode.split(",") if v]
+        plan = {"decode": [16384, 32768, 65536], "chunk": [16384, 32768, 65536], "prefill": [16384]}
+    for kind in plan:
+        given = getattr(args, kind)
+        if given is not None:
+            plan[kind] = [int(v) for v in given.split(",") if v]
     print(f"machine: {machine()}", flush=True)
     mm = matmul_gflops(dtype)
     print(f"matmul 2048^3 {args.dtype}: {mm:.0f} GFLOP/s (same run); shape {asdict(SHAPE)}", flush=True)
     rows = []
     print(fmt_table([]), flush=True)
-    for length in decode:
-        rows.append(run_case(SHAPE, "decode", length, dtype, max(reps, 5), with_mqa=True))
-        print(fmt_table(rows[-1:]).splitlines()[-1], flush=True)
-    for length in prefill:
-        big = length > 16384
-        rows.append(run_case(SHAPE, "prefill", length, dtype, 1 if big else reps,
-                             with_mqa=not big, warmup=not (args.quick or big)))
-        print(fmt_table(rows[-1:]).splitlines()[-1], flush=True)
+    for kind, lengths in plan.items():
+        for length in lengths:
+            reps = max(args.reps, 5) if kind == "decode" else (1 if args.quick or kind == "prefill"
+                                                               else args.reps)
+            rows.append(run_case(SHAPE, kind, length, dtype, reps, warmup=kind == "decode"))
+            print(fmt_table(rows[-1:]).splitlines()[-1], flush=True)
     print()
     print(fmt_table(rows))
     for r in rows:
         if "matmul_ms" in r:
             print(f"decode {r['L'] // 1024}K: plain matmul MQA {r['matmul_ms']:.2f} ms "
                   f"(dense/sparse against it {r['speedup_vs_matmul']:.2f}x)")
+    print(f"machine after: {machine()}")
     return dict(mode="cpu", machine=machine(), kernels=native.describe(), dtype=args.dtype,
-                threads=torch.get_num_threads(), shape=asdict(SHAPE), matmul_gflops=mm, rows=rows)
+                threads=torch.get_num_threads(), shape=asdict(SHAPE), chunk=CHUNK, matmul_gflops=mm,
+                rows=rows)
 
 
 def gpu_main(args) -> dict:
@@ -303,12 +329,13 @@ def _or_oom(timed, fn):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="a few minutes: prefill 16K, decode 16K-64K")
+    p.add_argument("--quick", action="store_true", help="a few minutes: decode 16K-64K, chunks 16K, 64K")
     p.add_argument("--json", action="store_true", help="end the output with one JSON object")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: quiet and fair)")
     p.add_argument("--reps", type=int, default=3, help="timed repeats per measurement (median)")
-    p.add_argument("--prefill", help="comma-separated prefill lengths (empty: none)")
+    p.add_argument("--prefill", help="comma-separated full-prefill lengths (empty: none)")
+    p.add_argument("--chunk", help=f"comma-separated context lengths for a {CHUNK}-token prefill chunk")
     p.add_argument("--decode", help="comma-separated decode lengths (empty: none)")
     p.add_argument("--gpu", action="store_true", help="CUDA: Triton kernels vs SDPA, bf16")
     p.add_argument("--full-heads", action="store_true", help="with --gpu: V3.2-Exp's 128 / 64 heads")

@@ -105,7 +105,7 @@ def assert_decode_selects_like_full_forward(model, prompt, steps: int) -> None:
 
 
 YARN = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
-        "original_max_position_embeddings": 64, "beta_fast": 32.0, "beta_slow": 1.0,
+        "original_max_position_embeddings": 1024, "beta_fast": 32.0, "beta_slow": 1.0,
         "mscale": 1.0, "mscale_all_dim": 0.8}  # mscale != mscale_all_dim: cos/sin scaled too
 
 
