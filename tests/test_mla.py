@@ -538,3 +538,15 @@ def test_convert_command_rejects_bad_input_in_one_line_and_writes_nothing(tmp_pa
         assert "Traceback" not in stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["full", "v3"]
     assert [p.name for p in full.iterdir()] == ["keep.txt"]
+
+
+def test_fp8_warmup_trains_through_the_rounding():
+    """FP8 has no gradient of its own: the straight-through estimator lets the warm-up run with
+    the deployed formats on."""
+    from dsparity.model import WarmupConfig, warm_up
+
+    model = _converted(index_topk=16, index_fp8=True, index_hadamard=True)
+    cfg = WarmupConfig(seq_len=96, train_sequences=1, heldout_sequences=1, steps=15,
+                       rows_per_step=32, eval_every=1000, lr=1e-2)
+    report = warm_up(model, byte_tokenizer(), cfg, progress=False)
+    assert report.final.kl < report.start.kl

@@ -53,8 +53,11 @@ def fp8_e4m3(x: torch.Tensor, *, block: int = BLOCK, ue8m0: bool = True) -> torc
     scale = v.abs().amax(-1, keepdim=True).clamp_min(1e-4) / FP8_MAX
     if ue8m0:
         scale = torch.exp2(torch.ceil(torch.log2(scale)))
-    q8 = (v / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
-    return (q8.float() * scale).reshape(x.shape).to(x.dtype)
+    q8 = (v.detach() / scale.detach()).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+    deq = (q8.float() * scale.detach()).reshape(x.shape).to(x.dtype)
+    # Straight-through in training (the warm-up may run in FP8): the values are the quantised ones,
+    # the gradient that of the identity, since rounding has none.
+    return x + (deq - x).detach() if x.requires_grad else deq
 
 
 def deployed_format(x: torch.Tensor, *, fp8: bool, rotate: bool) -> torch.Tensor:

@@ -293,7 +293,10 @@ def _mha_mode(module, q_nope, q_rot, latent, valid, scale) -> torch.Tensor:
     k_nope, v = kv[..., :dn], kv[..., dn:]
     k = torch.cat([k_nope, k_rot.unsqueeze(2).expand(b, t, h, -1)], dim=-1)
     q = torch.cat([q_nope, q_rot], dim=-1)
-    return dense_attention(q, k, v, valid, scale)
+    # V zero-padded to K's width (transformers does the same for flash attention): with unequal
+    # widths torch's SDPA leaves its flash kernel for the math one, which holds [B, H, S, T].
+    v = torch.nn.functional.pad(v, (0, max(0, k.shape[-1] - dv)))
+    return dense_attention(q, k, v, valid, scale)[..., :dv]
 
 
 def mla_dsa_forward(self, hidden_states: torch.Tensor, position_embeddings=None, attention_mask=None,
