@@ -92,6 +92,23 @@ def test_sparse_attention_on_the_mla_latent_layout(hq):
     assert (got[0, 0] == 0).all()
 
 
+def test_latent_decode_splits_the_selected_keys_and_merges_them():
+    """Decode (one token) runs few programs: the selected keys are split over several and the
+    partial softmax sums merged (flash-decoding); a split whose slots are all -1 must add nothing."""
+    g = torch.Generator().manual_seed(5)
+    b, t, hq, r, dr, k = 2, 200, 20, 128, 8, 64
+    q = torch.randn(b, 1, hq, r + dr, generator=g)
+    latent = torch.randn(b, t, 1, r + dr, generator=g)
+    idx = torch.stack([torch.randperm(t, generator=g)[:k] for _ in range(b)])[:, None].int()
+    idx[0, 0, 16:32] = -1  # the second of four splits has nothing to attend to
+    idx[1, 0, 60:] = -1
+    want = reference.sparse_attention(q, latent, latent[..., :r], idx, scale=0.1)
+    for splits in (1, 4):
+        got = tk.sparse_mla_attention(q.to(DEV), latent.to(DEV), latent.to(DEV)[..., :r], idx.to(DEV),
+                                      scale=0.1, block_k=16, splits=splits).cpu()
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=2e-6)
+
+
 def test_gpu_tensors_never_reach_the_host_kernels():
     """The C kernels read host memory: for tensors elsewhere (the Triton path's top-k on a GPU)
     the torch code runs, on the tensors' own device."""
