@@ -14,4 +14,5 @@ PY
 .venv/bin/dsparity compare --limit 5 \
   --candidate 'local:smollm2-135m-instruct?attention=dsa&topk=256&device=cuda&dtype=bfloat16' \
   --baseline 'local:smollm2-135m-instruct?device=cuda&dtype=bfloat16'
-# The attention kernels on the GPU (Triton vs SDPA flash): bench/attention_gpu.sh
+# The attention kernels on the GPU (Triton vs SDPA flash), MLA's latent layout included:
+# bench/attention_gpu.sh

@@ -1,4 +1,5 @@
-"""Model-side commands: `dsparity cost-curve`, and `dsparity warmup` when the model extras import."""
+"""Model-side commands: `dsparity cost-curve`, and `dsparity warmup` / `dsparity convert` when the
+model extras import."""
 
 from __future__ import annotations
 
@@ -60,6 +61,10 @@ def _register_optional_commands() -> None:
         from dsparity.model.cli import warmup
 
         app.command("warmup")(warmup)
+    with contextlib.suppress(ImportError):
+        from dsparity.model.convert_cli import convert
+
+        app.command("convert")(convert)
 
 
 _register_optional_commands()

@@ -35,11 +35,17 @@ ATTN_BYTES = 8 << 20  # gathered K/V per chunk of query rows: 4 rows at k = 2048
 def _native(*tensors: torch.Tensor):
     """The C kernels when built and enabled, else None (then the torch code runs). They compute
     in fp32: float64 inputs keep the torch code, whose results stay float64-exact."""
-    from dsparity.kernels import native
-
     if any(t.dtype == torch.float64 for t in tensors):
         return None
-    return native if native.available() else None
+    return _native_on(tensors[0].device) if tensors else _native_on(torch.device("cpu"))
+
+
+def _native_on(device: torch.device):
+    """The C kernels for fp32 work on `device`: they read host memory, so tensors on a GPU keep
+    the torch code, which then runs there (the Triton backend's top-k: `triton_kernels`)."""
+    from dsparity.kernels import native
+
+    return native if device.type == "cpu" and native.available() else None
 
 
 def _scale(h: int, d: int, scale: float | None) -> float:
@@ -74,7 +80,7 @@ def _scores_block(qf, kf, wf, scale, pos0: int, causal: bool, n_keys: int,
     r, h, d = qf.shape
     out = ws.get("scores", r * n_keys).view(r, n_keys)
     q2 = qf.reshape(r * h, d)
-    nat = _native()
+    nat = _native_on(qf.device)
     for lo in range(0, n_keys, block_k):
         hi = min(n_keys, lo + block_k)
         logits = ws.get("logits", r * h * (hi - lo)).view(r * h, hi - lo)
@@ -202,7 +208,7 @@ def indexer_topk(q, k, w, topk: int, *, scale: float | None = None, causal: bool
     sc = _scale(h, d, scale)
     out = torch.full((b, s, topk), -1, dtype=torch.int32, device=q.device)
     ws = _Workspace(q.device)
-    nat = _native()
+    nat = _native_on(q.device)
     for bi in range(b):
         qf, kf, wf = q[bi].float(), k[bi].float().contiguous(), w[bi].float().contiguous()
         lo = 0

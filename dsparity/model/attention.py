@@ -38,6 +38,7 @@ class PendingIndexerInputs:
     x: torch.Tensor  # [B, S, hidden] attention input (indexer query source and head weights)
     positions: torch.Tensor  # [B, S] absolute positions of the queries
     keys: torch.Tensor  # [B, T, d_I] rotated indexer keys: cached ones plus this step's
+    q_input: torch.Tensor | None = None  # [B, S, q_lora_rank] MLA's query latent c^Q (mla.py)
 
 
 @dataclass
@@ -163,7 +164,7 @@ def _indexer_scores(layer: DSALayer, t: int, valid: torch.Tensor | None,
     """
     p = layer.pending
     keys = layer.indexer.keys(p.x, p.positions) if train else p.keys
-    q_i, w_i = layer.indexer.queries(p.x, p.positions)
+    q_i, w_i = layer.indexer.queries(p.x, p.positions, p.q_input)
     scores = kernels.indexer_scores(q_i, keys, w_i)  # [B, S, Tk], bottom-right causal
     tk = scores.shape[-1]
     if tk < t:  # static caches hand over T = capacity; slots past the indexer cache are unused
@@ -199,7 +200,7 @@ def _fused_dsa_selection(layer: DSALayer, t: int, plain_causal: bool, topk: int)
     p = layer.pending
     if not plain_causal or p.keys.shape[1] != t:
         return None
-    q_i, w_i = layer.indexer.queries(p.x, p.positions)
+    q_i, w_i = layer.indexer.queries(p.x, p.positions, p.q_input)
     return kernels.indexer_topk(q_i, p.keys, w_i, topk)
 
 

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Literal
 
 RopeLayout = Literal["neox", "interleaved"]
+RopeFreqs = Literal["theta", "model"]
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,15 @@ class DSAConfig:
     rope_layout: RopeLayout = "neox"
     # None = the base model's rope_theta, so the indexer sees positions like the model does.
     rope_theta: float | None = None
+    # Which frequency table rotates the indexer: "theta" = theta^(-2i/r) over the rotated dims;
+    # "model" = the model's own rotary table, rope scaling included (MLA's YaRN-scaled table on
+    # qk_rope_head_dim dims, as DeepSeek's indexer and transformers' DeepseekV32 use, dsa.md §3.2).
+    # None = the family's default: "theta" for Llama-family conversions, "model" for MLA.
+    rope_freqs: RopeFreqs | None = None
+    # The deployed indexer's number formats (dsa.md §3.3-3.4): FP8 e4m3 q/k with per-128 ue8m0
+    # scales, and the Walsh-Hadamard rotation applied before it. Off = fp32 (algorithmic fidelity).
+    index_fp8: bool = False
+    index_hadamard: bool = False
     # When every row has <= k candidates DSA is exactly dense attention (dsa.md §3.6); taking the
     # dense kernel then is an optimisation only. Tests switch it off to exercise the sparse path.
     dense_when_short: bool = True
@@ -45,6 +55,11 @@ class DSAConfig:
         if self.rope_layout not in ("neox", "interleaved"):
             raise ValueError(f"DSAConfig.rope_layout must be 'neox' or 'interleaved', "
                              f"got {self.rope_layout!r}")
+        if self.rope_freqs not in (None, "theta", "model"):
+            raise ValueError(f"DSAConfig.rope_freqs must be 'theta' or 'model', got {self.rope_freqs!r}")
+        d = self.index_head_dim
+        if self.index_hadamard and d & (d - 1):
+            raise ValueError(f"DSAConfig.index_hadamard needs a power-of-two index_head_dim, got {d}")
 
     @property
     def rotary_dim(self) -> int:
@@ -52,9 +67,12 @@ class DSAConfig:
 
     def indexer_fields(self) -> dict:
         """What shapes the indexer weights (topk and runtime switches do not)."""
-        return {"index_n_heads": self.index_n_heads, "index_head_dim": self.index_head_dim,
-                "rope_dim": self.rotary_dim, "rope_layout": self.rope_layout,
-                "rope_theta": self.rope_theta}
+        fields = {"index_n_heads": self.index_n_heads, "index_head_dim": self.index_head_dim,
+                  "rope_dim": self.rotary_dim, "rope_layout": self.rope_layout,
+                  "rope_theta": self.rope_theta}
+        if self.rope_freqs is not None:  # only when set: existing cache keys stay as they were
+            fields["rope_freqs"] = self.rope_freqs
+        return fields
 
     def to_dict(self) -> dict:
         return asdict(self)

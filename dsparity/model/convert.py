@@ -1,5 +1,8 @@
 """Turn a dense transformers Llama / Qwen2 / Qwen3 / Mistral model into a DSA model, in place.
 
+(DeepseekV3 / MLA models convert through `mla.py`: the indexer reads MLA's query latent and the
+attention runs over the compressed KV in MQA mode; `convert_to_dsa` dispatches there.)
+
 Every attention module gets a `LightningIndexer` (submodule ``dsa_indexer``) and a forward
 pre-hook. The hook sees the attention input x (there is no query latent in these models, so x is
 the indexer's query source too, dsa.md §8.1), projects this step's indexer keys, appends them to
@@ -15,7 +18,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import replace
-from types import MethodType
 
 import torch
 
@@ -50,15 +52,24 @@ def _rope_theta(config) -> float:
 
 def convert_to_dsa(model: torch.nn.Module, config: DSAConfig | None = None, *,
                    seed: int = 0) -> torch.nn.Module:
-    """Attach indexers (random init, fp32) and switch attention to ``dsparity_dsa``. In place."""
+    """Attach indexers (random init, fp32) and switch attention to ``dsparity_dsa``. In place.
+
+    DeepseekV3 (MLA) models get DeepseekV32's indexer and attention over the latent (`mla.py`)."""
+    from dsparity.model import mla
+
     config = config or DSAConfig()
     model_type = getattr(model.config, "model_type", "?")
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise ValueError(f"convert_to_dsa supports {', '.join(SUPPORTED_MODEL_TYPES)} models; "
-                         f"got model_type={model_type!r} (DeepseekV32 has its own indexer: "
-                         f"use dsparity.model.use_dsparity_attention)")
     if getattr(model, "dsa_runtime", None) is not None:
         raise ValueError("model is already converted to DSA; use set_dsa() to change it")
+    if model_type == "deepseek_v3":
+        return mla.convert_mla(model, config, seed=seed)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(f"convert_to_dsa supports {', '.join((*SUPPORTED_MODEL_TYPES, 'deepseek_v3'))} "
+                         f"models; got model_type={model_type!r} (DeepseekV32 has its own indexer: "
+                         f"use dsparity.model.use_dsparity_attention)")
+    if config.rope_freqs == "model":
+        raise ValueError("rope_freqs='model' (the model's own rotary table) is for MLA models; "
+                         "Llama-family indexers rotate with rope_freqs='theta'")
     register()
     runtime = DSARuntime(config)
     theta = config.rope_theta or _rope_theta(model.config)
@@ -78,7 +89,12 @@ def convert_to_dsa(model: torch.nn.Module, config: DSAConfig | None = None, *,
 
 
 def remove_dsa(model: torch.nn.Module) -> torch.nn.Module:
-    """Undo `convert_to_dsa`: drop indexers and hooks, restore the original attention."""
+    """Undo `convert_to_dsa` (or `use_dsparity_attention`): drop indexers and hooks, restore the
+    original attention."""
+    from dsparity.model import mla
+
+    if getattr(model.config, "model_type", "") in mla.MLA_MODEL_TYPES:
+        return mla.remove_mla(model)
     for attn in attention_modules(model):
         attn.dsa_layer.hook.remove()
         del attn.dsa_indexer
@@ -88,67 +104,62 @@ def remove_dsa(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def set_dsa(model: torch.nn.Module, *, enabled: bool | None = None,
-            topk: int | None = None) -> DSAConfig:
-    """Switch sparse selection on/off or change index_topk on a converted model (no reload)."""
+def set_dsa(model: torch.nn.Module, *, enabled: bool | None = None, topk: int | None = None,
+            index_fp8: bool | None = None, index_hadamard: bool | None = None) -> DSAConfig:
+    """Switch sparse selection on/off, change index_topk, or the indexer's number formats (FP8
+    e4m3 q/k, Hadamard rotation: `fp8.py`) on a converted model (no reload)."""
     runtime: DSARuntime = model.dsa_runtime
     if enabled is not None:
         runtime.enabled = enabled
     if topk is not None:
         runtime.config = replace(runtime.config, index_topk=topk)
+    formats = {k: v for k, v in (("index_fp8", index_fp8), ("index_hadamard", index_hadamard))
+               if v is not None}
+    if formats:
+        runtime.config = replace(runtime.config, **formats)  # validates (Hadamard: d_I = 2^n)
+        for layer in dsa_layers(model):
+            layer.indexer.fp8 = runtime.config.index_fp8
+            layer.indexer.hadamard = runtime.config.index_hadamard
     return runtime.config
 
 
 def use_dsparity_attention(model: torch.nn.Module, *,
                            deterministic_indexer: bool = True) -> torch.nn.Module:
-    """Run a model with its own indexer (transformers' DeepseekV32ForCausalLM) on dsparity's
-    sparse attention: transformers then passes ``indices`` to the attention function.
+    """Run a model with its own indexer (transformers' DeepseekV32ForCausalLM) through dsparity.
 
-    With `deterministic_indexer`, each ``DeepseekV32Indexer`` keeps its weights and projections but
-    scores and selects through `dsparity.kernels` (deterministic ties, -1 padding). transformers'
-    own selection breaks exact ties (common: ReLU zeros) with ``torch.topk``, whose order depends
-    on the row length, so its decode and full forward pick different keys; ours does not.
+    With `deterministic_indexer` (the default) the attention runs in MLA's latent layout
+    (`mla.use_latent_attention`): the model's indexer weights score and select through
+    `dsparity.kernels` (fused indexer + top-k, deterministic ties, -1 padding), the KV cache holds
+    the compressed latent and the indexer keys, both appended in place, and one selected latent
+    row serves every head. transformers' own selection breaks exact ties (common: ReLU zeros) with
+    ``torch.topk``, whose order depends on the row length, so its decode and full forward pick
+    different keys; ours does not. The model gets a DSA runtime (``model.dsa_runtime``) like a
+    converted one. Without it, transformers' indexer selects and passes ``indices`` to
+    ``dsparity_dsa``, which attends over K/V expanded per head.
     """
-    register()
-    model.set_attn_implementation(DSA_ATTENTION)
+    from dsparity.model import mla
+
     if deterministic_indexer:
-        for module in model.modules():
-            if type(module).__name__ == "DeepseekV32Indexer":
-                module.forward = MethodType(_deepseek_v32_indexer_forward, module)
+        return mla.use_latent_attention(model)
+    model.set_attn_implementation(_register_indices_attention())
     return model
 
 
-def _deepseek_v32_indexer_forward(self, hidden_states: torch.Tensor, q_resid: torch.Tensor,
-                                  position_embeddings: tuple[torch.Tensor, torch.Tensor],
-                                  attention_mask: torch.Tensor, position_ids=None, cache=None,
-                                  **kwargs) -> torch.Tensor:
-    """transformers' DeepseekV32Indexer.forward (5.x) with dsparity's scoring and top-k.
+DSA_INDICES_ATTENTION = "dsparity_dsa_indices"
 
-    Same projections and NeoX RoPE on the first qk_rope_head_dim dims; score
-    (H_I d_I)^-1/2 sum_j w_j ReLU(q_j . k) equals transformers' relu(q.k d^-1/2) w H^-1/2.
-    """
-    from transformers.models.deepseek_v32.modeling_deepseek_v32 import apply_rotary_pos_emb
 
-    from dsparity import kernels
+def _register_indices_attention() -> str:
+    """``dsparity_dsa`` with transformers' additive (float) mask: DeepseekV32's own indexer adds
+    the mask to its scores in some 5.x releases (5.11: ``index_scores + attention_mask``), which a
+    boolean mask would turn into +1/+0 instead of -inf/0. `attention.dsa_attention` reads both."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
-    b, s, _ = hidden_states.shape
-    r = self.qk_rope_head_dim
-    cos, sin = position_embeddings
-    with torch.no_grad():
-        q = self.wq_b(q_resid).view(b, s, self.n_heads, self.head_dim)  # [B, S, H_I, d_I]
-        k = self.k_norm(self.wk(hidden_states)).unsqueeze(2)  # [B, S, 1, d_I]
-        q_rot, k_rot = apply_rotary_pos_emb(q[..., :r], k[..., :r], cos, sin, unsqueeze_dim=2)
-        q = torch.cat([q_rot, q[..., r:]], dim=-1)
-        k = torch.cat([k_rot, k[..., r:]], dim=-1).squeeze(2)  # [B, S, d_I]
-        if cache is not None:
-            k = cache.update_indexer(k, self.layer_idx)  # [B, T, d_I]
-        w = self.weights_proj(hidden_states.to(self.weights_proj.weight.dtype))
-        scores = kernels.indexer_scores(q, k, w)  # [B, S, T], bottom-right causal
-        if attention_mask is not None:  # padding; [B, S, T] bool (True = keep) or additive
-            keep = attention_mask if attention_mask.dtype == torch.bool else \
-                attention_mask > torch.finfo(attention_mask.dtype).min / 2
-            scores = scores.masked_fill(~keep, float("-inf"))
-        return kernels.select_topk(scores, self.index_topk)
+    from dsparity.model.attention import dsa_attention
+
+    AttentionInterface.register(DSA_INDICES_ATTENTION, dsa_attention)
+    AttentionMaskInterface.register(DSA_INDICES_ATTENTION, eager_mask)
+    return DSA_INDICES_ATTENTION
 
 
 def _update_index_cache(cache, layer_idx: int, new_keys: torch.Tensor, past: int) -> torch.Tensor:

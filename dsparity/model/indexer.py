@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from dsparity.model.config import DSAConfig
+from dsparity.model.fp8 import deployed_format
 
 
 def rope_inv_freq(rotary_dim: int, theta: float) -> torch.Tensor:
@@ -57,6 +58,7 @@ class LightningIndexer(nn.Module):
         h, d = config.index_n_heads, config.index_head_dim
         self.n_heads, self.head_dim = h, d
         self.rope_layout = config.rope_layout
+        self.fp8, self.hadamard = config.index_fp8, config.index_hadamard
         self.wq = nn.Linear(q_input_size or hidden_size, h * d, bias=False)
         self.wk = nn.Linear(hidden_size, d, bias=False)
         self.k_norm = nn.LayerNorm(d, eps=1e-6)  # LayerNorm with bias, eps 1e-6 [MOD]
@@ -67,7 +69,8 @@ class LightningIndexer(nn.Module):
     def keys(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """x [B, S, hidden] -> rotated keys [B, S, d_I] (what the indexer key cache stores)."""
         k = self.k_norm(self.wk(x.to(self.wk.weight.dtype)))
-        return apply_rope(k, positions, self.inv_freq.double(), self.rope_layout)
+        k = apply_rope(k, positions, self.inv_freq.double(), self.rope_layout)
+        return deployed_format(k, fp8=self.fp8, rotate=self.hadamard)
 
     def queries(self, x: torch.Tensor, positions: torch.Tensor,
                 q_input: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,5 +79,6 @@ class LightningIndexer(nn.Module):
         src = x if q_input is None else q_input
         q = self.wq(src.to(self.wq.weight.dtype)).view(b, s, self.n_heads, self.head_dim)
         q = apply_rope(q, positions, self.inv_freq.double(), self.rope_layout)
+        q = deployed_format(q, fp8=self.fp8, rotate=self.hadamard)
         w = self.weights_proj(x.to(self.weights_proj.weight.dtype))
         return q, w

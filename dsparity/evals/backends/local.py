@@ -266,6 +266,15 @@ def _with_mode(model, tokenizer, base_revision: str, spec: ModelSpec):
     from dsparity.model.modes import DEFAULT_BLOCK_SIZE, DEFAULT_SINK, apply_mode
 
     mode = str(spec.opt("attention"))
+    if getattr(model.config, "model_type", "") == "deepseek_v32":
+        # A DSA checkpoint (DeepSeek's, or one `dsparity convert` wrote): its own trained indexers
+        # through dsparity's latent-layout kernels; topk defaults to the checkpoint's index_topk.
+        from dsparity.model import use_dsparity_attention
+
+        topk = int(spec.opt("topk", model.config.index_topk))
+        model = use_dsparity_attention(model)
+        return apply_mode(model, mode, topk=topk, sink=int(spec.opt("sink", DEFAULT_SINK)),
+                          block_size=int(spec.opt("block_size", DEFAULT_BLOCK_SIZE)))
     topk = int(spec.opt("topk", 256))
     if mode == "dsa":
         model = prepare_dsa(model, tokenizer, base_revision=base_revision, topk=topk)
