@@ -410,8 +410,8 @@ def test_warmup_lowers_the_indexer_kl():
 
     model = _converted(index_topk=16)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    cfg = WarmupConfig(seq_len=96, train_sequences=2, heldout_sequences=1, steps=40,
-                       rows_per_step=32, eval_every=1000, lr=1e-2)
+    cfg = WarmupConfig(lengths=(256,), train_sequences=2, heldout_sequences=1, steps=40, rows_per_step=32,
+                       rows_per_sequence=64, eval_every=1000, lr=1e-2, sparse_sequences=0, sparse_steps=0)
     report = warm_up(model, byte_tokenizer(), cfg, progress=False)
     print(f"KL {report.start.kl:.3f} -> {report.final.kl:.3f}, recall {report.start.recall:.3f} -> "
           f"{report.final.recall:.3f}")
@@ -546,7 +546,7 @@ def test_fp8_warmup_trains_through_the_rounding():
     from dsparity.model import WarmupConfig, warm_up
 
     model = _converted(index_topk=16, index_fp8=True, index_hadamard=True)
-    cfg = WarmupConfig(seq_len=96, train_sequences=1, heldout_sequences=1, steps=15,
-                       rows_per_step=32, eval_every=1000, lr=1e-2)
+    cfg = WarmupConfig(lengths=(256,), train_sequences=1, heldout_sequences=1, steps=15, rows_per_step=32,
+                       rows_per_sequence=64, eval_every=1000, lr=1e-2, sparse_sequences=0, sparse_steps=0)
     report = warm_up(model, byte_tokenizer(), cfg, progress=False)
     assert report.final.kl < report.start.kl

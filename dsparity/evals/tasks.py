@@ -224,7 +224,8 @@ def _check_data(path: Path, config: dict, grader: str) -> None:
     data = _data_file(path, config)
     if data is None:
         return
-    folder = data.parent if function_folder(config["custom_dataset"]) else path.parent
+    # the folder of the loader that reads it (the YAML's, or an included template's)
+    folder = function_folder(config["custom_dataset"]) or path.parent
     if folder.resolve() not in data.resolve().parents:
         raise DsparityError(str(path), "dataset_kwargs.data_file",
                             f"{(config.get('dataset_kwargs') or {}).get('data_file')} leaves the task folder",

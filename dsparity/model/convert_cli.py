@@ -57,7 +57,7 @@ def convert(
     warmup_steps: Annotated[int, typer.Option(min=0, help="dense warm-up steps (0 = keep the "
                                               "random indexer init)")] = 200,
     seq_len: Annotated[int, typer.Option(min=2, help="warm-up sequence length (> k)")] = 2048,
-    train_sequences: Annotated[int, typer.Option(min=1, help="warm-up training sequences")] = 6,
+    train_sequences: Annotated[int, typer.Option(min=1, help="warm-up training sequences")] = 8,
     heldout_sequences: Annotated[int, typer.Option(min=1, help="held-out sequences")] = 2,
     index_n_heads: Annotated[int | None, typer.Option(
         min=1, help="indexer heads H_I [default: half the attention heads, V3.2-Exp's 64 of 128]")] = None,
@@ -95,8 +95,9 @@ def convert(
                             "--index-head-dim that fit the model") from exc
     report = None
     if warmup_steps:
-        recipe = WarmupConfig(seq_len=seq_len, train_sequences=train_sequences,
-                              heldout_sequences=heldout_sequences, steps=warmup_steps)
+        recipe = WarmupConfig(lengths=(seq_len,), train_sequences=train_sequences,
+                              heldout_sequences=heldout_sequences, steps=warmup_steps,
+                              sparse_sequences=0, sparse_steps=0)
         report = warm_up(lm, tokenizer, recipe, progress=progress)
     provenance = {"base_model": resolved.name, "base_revision": resolved.revision,
                   "warmup_report": report.to_dict() if report else None}

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from dsparity import kernels
 from dsparity.model.indexer import LightningIndexer, apply_rope
 
 
@@ -54,3 +55,31 @@ class StackedIndexers(nn.Module):
             ix.k_norm.weight.copy_(self.ln_w[i])
             ix.k_norm.bias.copy_(self.ln_b[i])
             ix.weights_proj.weight.copy_(self.wp[i])
+
+
+class LayerwiseIndexers(nn.Module):
+    """The same interface, layer by layer: for indexers the stacked math does not cover (the MLA
+    indexer's query latent, the deployed FP8 / Hadamard formats)."""
+
+    def __init__(self, indexers: list[nn.Module]):
+        super().__init__()
+        self.indexers = nn.ModuleList(indexers)  # the model's own modules: trained in place
+
+    def scores(self, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        pos = torch.arange(x.shape[1], device=x.device)
+        out = []
+        for n, ix in enumerate(self.indexers):
+            keys = ix.keys(x[n:n + 1], pos[None])  # [1, L, d_I]
+            q, w = ix.queries(x[n:n + 1, rows], rows[None])
+            scores = kernels.indexer_scores(q, keys, w, causal=False)[0]
+            out.append(scores.masked_fill(pos[None] > rows[:, None], float("-inf")))
+        return torch.stack(out)
+
+    def write_back(self, indexers) -> None:
+        pass
+
+
+def trainable_scorer(indexers: list[nn.Module]) -> StackedIndexers | LayerwiseIndexers:
+    """Stacked where every indexer is a plain fp32 `LightningIndexer`, else layer by layer."""
+    plain = all(type(ix) is LightningIndexer and not ix.fp8 and not ix.hadamard for ix in indexers)
+    return StackedIndexers(indexers) if plain else LayerwiseIndexers(indexers)

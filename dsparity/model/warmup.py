@@ -43,7 +43,7 @@ from dsparity.model.metrics import (
     mean_metrics,
     selected_set_kl,
 )
-from dsparity.model.stacked import StackedIndexers
+from dsparity.model.stacked import trainable_scorer
 
 
 @dataclass(frozen=True)
@@ -183,11 +183,11 @@ def _sample(c: Capture, n: int, share: float, gen: torch.Generator) -> torch.Ten
 def train_stage(model, captures: list[Capture], heldout: list[Capture], cfg: WarmupConfig, k: int,
                 *, stage: str, steps: int, lr: float, progress=None, history=None,
                 step0: int = 0, total: int = 0) -> None:
-    """`steps` Adam steps on every layer's indexer at once (`StackedIndexers`); each layer's
-    indexer has its own loss, the mean over layers is what is minimised."""
+    """`steps` Adam steps on every layer's indexer at once (`stacked.trainable_scorer`); each
+    layer's indexer has its own loss, the mean over layers is what is minimised."""
     indexers = [layer.indexer for layer in dsa_layers(model)]
     dev = indexers[0].wk.weight.device  # captures live on the CPU, indexers anywhere
-    stacked = StackedIndexers(indexers).to(dev)
+    stacked = trainable_scorer(indexers).to(dev)
     gen = torch.Generator().manual_seed(cfg.seed + (0 if stage == "dense" else 1))
     opt = torch.optim.Adam(stacked.parameters(), lr=lr)
     task = progress.add_task(f"indexers: {stage} stage", total=steps, info="") if progress else None
@@ -230,7 +230,7 @@ def evaluate(model, captures: list[Capture], k: int,
     with known evidence for needle recall."""
     indexers = [layer.indexer for layer in dsa_layers(model)]
     dev = indexers[0].wk.weight.device
-    stacked = StackedIndexers(indexers).to(dev)
+    stacked = trainable_scorer(indexers).to(dev)
     items: list[list[SelectionMetrics]] = [[] for _ in indexers]
     for c in captures:
         thin = torch.arange(len(c.rows)) % stride == 0  # intermediate evaluations: fewer rows

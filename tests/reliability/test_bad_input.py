@@ -13,7 +13,8 @@ from dsparity.evals.store import Store
 
 TASK_FILES = {
     "bad_yaml": ("task: [unclosed\n", "not valid YAML"),
-    "missing_field": (TASK_YAML.replace("output_type: generate_until\n", ""), "output_type: missing"),
+    "missing_field": (TASK_YAML.replace('doc_to_text: "{{{{question}}}}"\n', ""),
+                      "doc_to_text: missing required field"),
     "unknown_grader": (TASK_YAML.replace("grader: {grader}", "grader: vibes"), "unknown grader"),
     "loglikelihood": (TASK_YAML.replace("generate_until", "loglikelihood"), "does not fit output_type"),
     "output_type": (TASK_YAML.replace("generate_until", "perplexity"), "not an lm-eval output type"),
