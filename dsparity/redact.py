@@ -10,7 +10,8 @@ Two kinds of secret are masked:
 
 Every sink calls `redact` (or `redact_obj` for JSON-like data): `DsparityError.line()`, every
 log record (a record factory, installed on import, so library log lines such as httpx's request
-URLs are covered too), provenance, job causes and webhook payloads, dashboard pages.
+URLs are covered too), provenance, job causes and webhook payloads, dashboard pages. Stored
+answers and reasoning go through `mask_registered` (an endpoint may echo its key into an answer).
 """
 
 from __future__ import annotations
@@ -73,13 +74,23 @@ def _add(values: set[str]) -> None:
         _secrets = tuple(sorted(fresh, key=len, reverse=True))
 
 
-def redact(text: str) -> str:
-    """`text` with every registered secret and every URL password replaced by ***."""
+def mask_registered(text: str | None) -> str | None:
+    """`text` with every registered secret replaced by ***, and nothing else touched: for model
+    output, where a URL with a password may be the right answer but a key an endpoint echoed
+    back into an answer never is."""
     if not text:
         return text
     for value in _secrets:
         if value in text:
             text = text.replace(value, MASK)
+    return text
+
+
+def redact(text: str) -> str:
+    """`text` with every registered secret and every URL password replaced by ***."""
+    if not text:
+        return text
+    text = mask_registered(text)
     text = _URL_PASSWORD.sub(lambda m: m["head"] + MASK + "@", text)
     return _QUERY_SECRET.sub(lambda m: m["head"] + MASK, text)
 

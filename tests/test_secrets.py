@@ -258,6 +258,40 @@ def test_a_server_that_wants_a_key_the_spec_does_not_name_says_how_to_name_it(en
     assert code == 2 and "api_key_env=NAME" in output and "sends none" in output, output
 
 
+def test_a_key_an_endpoint_echoes_into_its_answers_is_never_stored_or_reported(env, capsys, tmp_path):
+    """A buggy or hostile endpoint answers with the Authorization header it received: the answer
+    is stored and reported with the key masked (and scored as the wrong answer it is)."""
+    said = recording(scripted_app(right))
+    app = scripted_app(lambda prompt: "42")
+
+    @app.middleware("http")
+    async def echo_key(request: Request, call_next):
+        response = await call_next(request)
+        if request.url.path.endswith("/chat/completions"):
+            from fastapi.responses import JSONResponse
+
+            key = request.headers.get("authorization", "")
+            return JSONResponse({"id": "x", "object": "chat.completion", "created": 0, "model": "scripted",
+                                 "choices": [{"index": 0, "finish_reason": "stop", "message": {
+                                     "role": "assistant", "content": f"42 (you sent {key})",
+                                     "reasoning_content": f"the header was {key}"}}],
+                                 "usage": {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6}})
+        return response
+
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    tasks = make_suite(tmp_path / "tasks" / "bulk", 3)
+    with ServerThread(app) as echo, ServerThread(said) as base:
+        code, output = cli(["compare", "--candidate", f"openai:scripted@{echo.base_url}?label=echo&"
+                            "api_key_env=DSP_TEST_KEY", "--baseline", f"openai:scripted@{base.base_url}"
+                            "?label=base&api_key_env=DSP_TEST_KEY", "--db", url, "--include", str(tasks),
+                            "--tasks", "bulk", "--out", str(tmp_path / "reports")], capsys)
+    assert code == 0, output
+    stored = dump(url)
+    reports = "\n".join(p.read_text(errors="replace") for p in (tmp_path / "reports").iterdir())
+    assert "you sent Bearer ***" in stored and "the header was Bearer ***" in stored  # the answer is kept
+    assert leaks(stored) == [] and leaks(reports) == [] and leaks(output) == []
+
+
 def test_migration_log_lines_name_the_database_without_its_password(caplog, request):
     if not PG_URL:
         pytest.skip("DSPARITY_TEST_PG_URL is not set: no PostgreSQL server")

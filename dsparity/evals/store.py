@@ -41,7 +41,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from dsparity.errors import DsparityError
 from dsparity.evals.backends.base import Completion
-from dsparity.redact import redact, secret_url
+from dsparity.redact import mask_registered, redact, secret_url
 
 # Bump with a function in MIGRATIONS: an older database is brought up to date when it is opened.
 SCHEMA_VERSION = 3
@@ -494,8 +494,9 @@ class SampleRecord:
 
 def _write_sample(c, r: SampleRecord) -> None:
     """Insert one sample and its cache entry; never overwrite an answer, replace an error."""
-    text, truncated = _cap(r.completion.text)
-    reasoning, truncated_r = _cap(r.completion.reasoning)
+    # an endpoint that echoes the key it was sent into its answer must not get it stored
+    text, truncated = _cap(mask_registered(r.completion.text))
+    reasoning, truncated_r = _cap(mask_registered(r.completion.reasoning))
     usage = r.completion.usage
     row = dict(run_id=r.run_id, task=r.key.task, doc_id=r.key.doc_id, repeat=r.key.repeat,
                text=text, reasoning=reasoning, truncated=int(truncated or truncated_r),
