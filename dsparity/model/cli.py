@@ -29,7 +29,8 @@ def warmup(
     steps: Annotated[int, typer.Option(min=0, help="dense warm-up steps")] = WarmupConfig.steps,
     sparse_steps: Annotated[int, typer.Option(min=0, help="sparse-stage steps")] = WarmupConfig.sparse_steps,
     lengths: Annotated[str, typer.Option(help="training sequence lengths in tokens, comma-separated "
-                                         "(e.g. 1024,2048,4096,8192; longer ones cost more)")] = "1024,2048",
+                                         "(e.g. 1024,2048,4096,8192; longer ones cost more)")]
+    = ",".join(map(str, WarmupConfig.lengths)),
     train_sequences: Annotated[int, typer.Option(min=1, help="dense-stage training sequences")]
     = WarmupConfig.train_sequences,
     sparse_sequences: Annotated[int, typer.Option(min=0, help="sparse-stage training sequences")]
