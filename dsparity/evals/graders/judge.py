@@ -283,7 +283,7 @@ def judge(sample: GradeInput, settings: dict) -> Grade:
     score = (verdict - min) / (max - min); an unparsable verdict after retries gives score 0,
     passed None and `details.error`.
     """
-    answer = strip_reasoning(sample.text)
+    answer = sample.text
     reference = sample.target if settings.get("use_reference", True) and sample.target else None
     result = score_answer(
         _question(sample.doc),

@@ -12,7 +12,6 @@ from typing import Any
 
 from dsparity.evals.graders.base import Grade, GradeInput, register
 from dsparity.evals.graders.browser import PageReport, render
-from dsparity.evals.graders.text import strip_reasoning
 
 ARTIFACTS_ENV = "DSPARITY_ARTIFACTS"
 DEFAULT_ARTIFACTS = "results/artifacts"
@@ -30,8 +29,9 @@ def _looks_html(text: str) -> bool:
 
 def extract_page(answer: str) -> tuple[str, str]:
     """(html, how). The last HTML block (fenced or bare); CSS and JS blocks given separately are
-    stitched in (local `<script src>`/`<link href>` to them removed); a lone p5 sketch gets a page."""
-    text = strip_reasoning(answer)
+    stitched in (local `<script src>`/`<link href>` to them removed); a lone p5 sketch gets a page.
+    `answer` is the final answer (`GradeInput.text`: reasoning already cut away)."""
+    text = answer
     blocks = [(tag.lower(), body) for tag, body in _FENCE.findall(text)]
     html_blocks = [b for t, b in blocks if t in _HTML_TAGS] or [
         b for t, b in blocks if not t and _looks_html(b)
