@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from dsparity.evals.graders.base import Grade, GradeInput, register
+from dsparity.evals.graders.base import Grade, GradeInput, GradeUnavailable, register
 from dsparity.evals.graders.browser import PageReport, render
 
 ARTIFACTS_ENV = "DSPARITY_ARTIFACTS"
@@ -377,6 +377,8 @@ def web(sample: GradeInput, settings: dict) -> Grade:
             judge=judge,
             retries=int(settings.get("retries", 2)),
         )
+        if judged["error"]:  # the judge was asked and gave nothing: no grade now, a retry next run
+            raise GradeUnavailable(f"checklist judge gave no verdict: {judged['error']}", {"judge": judged})
         by_item = dict(zip(needs_judge, judged["verdicts"], strict=True))
         for c in checks:
             if c["ok"] is None and c["item"] in by_item and by_item[c["item"]] is not None:
