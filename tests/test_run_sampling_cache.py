@@ -220,3 +220,18 @@ def test_temperature_and_top_p_reach_local_generation(tmp_path, tiny_model_dir):
     greedy = texts()
     assert texts("--temperature", "2.0", "--top-p", "1e-9") == greedy
     assert texts("--temperature", "2.0", "--top-p", "1.0") != greedy
+
+
+def test_fresh_compare_with_several_candidates_asks_the_baseline_once(tmp_path):
+    make_suite(tmp_path / "tasks" / "bulk", 4)
+    cand, base = recording_app(lambda b, i: {"content": "42"}), recording_app(lambda b, i: {"content": "42"})
+    with ServerThread(cand) as c, ServerThread(base) as b:
+        for expected_runs in (3, 6):
+            code, out, err = _flat("compare", "--candidate", f"openai:m@{c.base_url}?label=c1",
+                                   "--candidate", f"openai:m@{c.base_url}?label=c2", "--baseline",
+                                   f"openai:m@{b.base_url}?label=b", "--tasks", "bulk", "--include",
+                                   str(tmp_path / "tasks"), "--db", f"sqlite:///{tmp_path / 'r.db'}",
+                                   "--out", str(tmp_path / "out"), "--fresh", "--no-cache")
+            assert code == 0, err
+            assert len(Store(f"sqlite:///{tmp_path / 'r.db'}").list_runs()) == expected_runs
+    assert len(base.state.bodies) == 8 and len(cand.state.bodies) == 16  # 4 per run, twice
