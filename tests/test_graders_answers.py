@@ -81,3 +81,28 @@ def test_choice_grader_agrees_with_labels():
 def test_choice_keeps_strict_and_flexible_apart(text, strict, flexible):
     g = get_grader("choice")(GradeInput(text, "B", {}), {})
     assert g.details["extracted_strict"] == strict and g.details["extracted_flexible"] == flexible
+
+
+# One answer per answer grader, right as written: it must score 1 outside a think block and 0
+# when it appears only while thinking (closed block, or an unclosed one cut off by the limit).
+REASONING_CASES = [
+    ("exact", "42", "42", {}, {}),
+    ("needle", "7341", "7341", {}, {}),
+    ("contains", "The capital is Paris.", "Paris", {}, {}),
+    ("math", "Answer: \\boxed{\\frac{1}{3}}", "\\frac{1}{3}", {}, {}),
+    ("choice", "Answer: C", "C", {"choices": ["a", "b", "c", "d"]}, {}),
+    ("writing", "Parity holds.", "", {"constraints": [{"type": "keyword_count", "keyword": "parity",
+                                                       "min": 1}]}, {}),
+]
+
+
+@pytest.mark.parametrize("grader, answer, target, doc, settings", REASONING_CASES,
+                         ids=[c[0] for c in REASONING_CASES])
+def test_an_answer_only_inside_reasoning_earns_nothing(grader, answer, target, doc, settings):
+    grade = get_grader(grader)
+    assert grade(GradeInput(answer, target, doc), settings).score == 1.0
+    assert grade(GradeInput(f"<think>let me see</think>\n{answer}", target, doc), settings).score == 1.0
+    for hidden in (f"<think>{answer}</think>", f"<think>{answer}</think>\n\n",
+                   f"<THINK>I am sure: {answer}</THINK>I cannot tell.", f"<think>{answer}"):
+        assert grade(GradeInput(hidden, target, doc), settings).score == 0.0, hidden
+

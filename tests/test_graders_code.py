@@ -41,7 +41,8 @@ def test_extract_code():
     assert extract_code("```\nuntagged\n```\n```text\nnot code\n```") == "untagged\n"
     assert extract_code("```js\nlet a\n```\n```python\nok\n```\n```bash\nls\n```") == "ok\n"
     assert extract_code("plain") == "plain"
-    assert extract_code("<think>```python\nbad\n```</think>done") == "done"
+    # The grader sees the final answer: GradeInput cut the reasoning away before extraction.
+    assert extract_code(GradeInput("<think>```python\nbad\n```</think>done", "", {}).text) == "done"
 
 
 @needs_sandbox

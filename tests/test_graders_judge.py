@@ -10,6 +10,7 @@ from loopback import ServerThread, scripted_app
 
 from dsparity.errors import DsparityError
 from dsparity.evals.graders import GradeInput, get_grader
+from dsparity.evals.graders.base import GradeUnavailable
 from dsparity.evals.graders.judge import (
     build_single_prompt,
     close_judges,
@@ -90,13 +91,11 @@ def test_unparsable_verdicts_are_retried_then_reported():
         g = get_grader("judge")(GradeInput("answer", "", {"question": "q"}), {"judge": _spec(server)})
         assert g.details["attempts"] == 2 and g.score == pytest.approx(7 / 9)
         assert "rejected" in calls[1]
-    with _served(lambda p: '{"score": 42}') as server:
-        g = get_grader("judge")(
-            GradeInput("answer", "", {"question": "q"}), {"judge": _spec(server), "retries": 2}
-        )
-    assert (
-        g.passed is None and g.score == 0 and "outside" in g.details["error"] and g.details["attempts"] == 3
-    )
+    # No verdict after the retries is no grade (never a 0): the runner stores it as an error.
+    with _served(lambda p: '{"score": 42}') as server, pytest.raises(GradeUnavailable) as caught:
+        get_grader("judge")(GradeInput("answer", "", {"question": "q"}),
+                            {"judge": _spec(server), "retries": 2})
+    assert "outside" in caught.value.reason and caught.value.details["attempts"] == 3
 
 
 def test_prompt_injection_is_fenced_and_flagged():

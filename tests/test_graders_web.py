@@ -43,7 +43,8 @@ def test_extract_page_variants():
     assert "style.css" not in html and "app.js" not in html
     html, how = extract_page("```js\nfunction setup(){createCanvas(100,100)}\nfunction draw(){}\n```")
     assert "p5.min.js" in html and "p5 added" in how
-    assert extract_page("<think>```html\n<html>x</html>\n```</think>no page")[0] == ""
+    final = GradeInput("<think>```html\n<html>x</html>\n```</think>no page", "", {}).text
+    assert extract_page(final)[0] == ""
 
 
 @needs_libs

@@ -32,7 +32,33 @@ TaskNames = Annotated[str | None, typer.Option("--tasks", help="Comma-separated 
 
 Limit = Annotated[int | None, typer.Option("--limit", min=1, help="At most N items per task")]
 
-Repeats = Annotated[int, typer.Option("--repeats", min=1, help="Samples per item (sampled decoding)")]
+Repeats = Annotated[int, typer.Option(
+    "--repeats", min=1, help="Samples per item; with --temperature > 0 each is its own seeded draw "
+                             "and pass@k is reported (k = 1, 5, 10 up to N)")]
+
+Temperature = Annotated[float | None, typer.Option(
+    "--temperature", min=0.0, help="Sampling temperature for every generation request, both models "
+                                   "(0 = greedy) [default: each task's own, greedy unless it samples]")]
+
+
+def _top_p(value: float | None) -> float | None:
+    if value is not None and not 0.0 < value <= 1.0:
+        raise typer.BadParameter(f"{value} is not in (0, 1]: top-p is the probability mass sampled from")
+    return value
+
+
+TopP = Annotated[float | None, typer.Option(
+    "--top-p", callback=_top_p, help="Nucleus sampling mass in (0, 1] for every generation request "
+                                     "[default: 1.0]")]
+
+NoCache = Annotated[bool, typer.Option(
+    "--no-cache", help="Send every request to the model: answers in the response cache are not "
+                       "reused (the fresh ones replace them). For moving model aliases; with --fresh "
+                       "to ask again what a stored run already answered")]
+
+Fresh = Annotated[bool, typer.Option(
+    "--fresh", help="Start a new run even if this configuration has one; later runs without "
+                    "--fresh resume the newest")]
 
 Include = Annotated[list[Path] | None, typer.Option("--include", help="Extra task folder(s)")]
 
@@ -55,7 +81,9 @@ Margin = Annotated[float | None, typer.Option(
 OutDir = Annotated[Path, typer.Option("--out", help="Folder for the reports")]
 
 Judge = Annotated[str | None, typer.Option(
-    "--judge", help="Model spec of the judge for tasks that ask for one [default: $DSPARITY_JUDGE]")]
+    "--judge", help="Model spec of the judge for judge graders and pairwise judging, over each "
+                    "task's own judge [default: the task's metadata.dsparity.judge, else "
+                    "$DSPARITY_JUDGE]")]
 
 Budget = Annotated[float | None, typer.Option(
     "--budget", min=0.0, help="Stop sending requests once a run has cost this much (price currency)")]

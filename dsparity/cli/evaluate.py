@@ -16,16 +16,20 @@ from dsparity.cli.base import (
     Budget,
     Db,
     FailOn,
+    Fresh,
     Include,
     Judge,
     Limit,
     Margin,
+    NoCache,
     OutDir,
     Prices,
     Repeats,
     Size,
     Suite,
     TaskNames,
+    Temperature,
+    TopP,
     app,
     console,
     existing_store,
@@ -44,8 +48,9 @@ def run(
     model: Annotated[str, typer.Option("--model", help="Model spec, e.g. local:smollm2-135m-instruct")],
     suite: Suite = None, tasks: TaskNames = None, limit: Limit = None, repeats: Repeats = 1,
     seed: Annotated[int, typer.Option(help="Seed for sampled decoding")] = 0,
+    temperature: Temperature = None, top_p: TopP = None,
     db: Db = None, include: Include = None, size: Size = None, budget: Budget = None, prices: Prices = None,
-    fresh: Annotated[bool, typer.Option(help="Start a new run even if this one exists")] = False,
+    judge: Judge = None, fresh: Fresh = False, no_cache: NoCache = False,
 ) -> None:
     """Run one model over tasks, store every sample, grade it. Re-running resumes."""
     from dsparity.evals.runner import RunSettings, execute_run
@@ -55,12 +60,17 @@ def run(
     spec = parse_spec(model, source="--model")
     task_specs = load_selected_tasks(suite, tasks, limit, include, size)
     settings = RunSettings(suite=suite or tasks or DEFAULT_SUITE, limit=limit, repeats=repeats,
-                           seed=seed, fresh=fresh, budget=budget, prices=load_prices(prices))
+                           seed=seed, temperature=temperature, top_p=top_p, fresh=fresh,
+                           cache=not no_cache, judge=judge, budget=budget, prices=load_prices(prices))
+    _note_sampling(settings)
 
     async def go():
         from dsparity.evals.backends import make_backend
+        from dsparity.evals.graders.judge import preflight_judges
         from dsparity.evals.runner import preflight
 
+        # the judges first: a wrong judge fails in seconds, before a local model loads
+        await preflight_judges([(t.name, t.grader, t.settings) for t in task_specs], judge)
         backend = make_backend(spec)
         await backend.start()  # validate the model before the store is touched
         try:
@@ -71,22 +81,40 @@ def run(
         return await execute_run(spec, task_specs, settings, Store(db), backend=backend)
 
     result = asyncio.run(go())
-    _print_run(result, db)
+    _print_run(result, db, settings)
     _exit_if_budget_stopped([result])
 
-def _print_run(result, db) -> None:
+def _note_sampling(settings) -> None:
+    """Repeats of greedy decoding are the same answer N times: say so before anything is sent."""
+    if settings.repeats > 1 and not settings.temperature:
+        console.print(f"[yellow]note:[/] --repeats {settings.repeats} without --temperature > 0 "
+                      "repeats each greedy answer (tasks that sample by themselves excepted); "
+                      "pass e.g. --temperature 0.8 for independent draws and pass@k", soft_wrap=True)
+
+def _print_run(result, db, settings) -> None:
+    from dsparity.evals.pass_rates import describe, pass_at_k_by_task
     from dsparity.evals.store import Store
 
     verb = "resumed" if result.resumed else "created"
     out.print(f"run {result.run_id} ({verb}): {result.sent} requests sent, {result.from_cache} from "
               f"cache, {result.skipped} already answered, {result.errors} errors"
               + (f", cost {result.cost:.4f}" if result.cost else ""))
+    if not settings.cache and result.resumed and not result.sent and result.skipped:
+        console.print("[yellow]note:[/] --no-cache sends only what this run has not answered yet; "
+                      "add --fresh for a new run that asks the model again", soft_wrap=True)
     grades = Store(db).grades(result.run_id)
     by_task: dict[str, list[float]] = {}
     for k, g in grades.items():
         by_task.setdefault(k.task, []).append(g["score"])
+    passes = pass_at_k_by_task([(k.task, k.doc_id, g["passed"]) for k, g in grades.items()],
+                               settings.repeats)
     for task, scores in sorted(by_task.items()):
-        out.print(f"  {task}: {100 * sum(scores) / len(scores):.1f}% of {len(scores)}")
+        rates = f"; {describe(passes[task])}" if task in passes else ""
+        out.print(f"  {task}: {100 * sum(scores) / len(scores):.1f}% of {len(scores)}{rates}")
+    if result.grade_errors:
+        console.print(f"[yellow]not graded:[/] {result.grade_errors} answers (the judge gave no "
+                      "verdict); stored as grading errors, never scored, graded again when this "
+                      "command runs again", soft_wrap=True)
 
 @app.command()
 def compare(
@@ -98,9 +126,11 @@ def compare(
         help="Baseline model spec [default: the dense default model served by `dsparity serve` "
              "on loopback, started and stopped by this command]")] = None,
     suite: Suite = None, tasks: TaskNames = None, limit: Limit = None,
-    repeats: Repeats = 1, seed: int = 0, db: Db = None, include: Include = None,
+    repeats: Repeats = 1, seed: int = 0, temperature: Temperature = None, top_p: TopP = None,
+    db: Db = None, include: Include = None,
     size: Size = None, margin: Margin = None, out_dir: OutDir = Path("results/reports"),
-    budget: Budget = None, prices: Prices = None,
+    budget: Budget = None, prices: Prices = None, judge: Judge = None, fresh: Fresh = False,
+    no_cache: NoCache = False,
     fail_on: Annotated[FailOn | None, typer.Option(
         "--fail-on", help="Exit 1 when the overall verdict is this or worse (a CI gate); without it "
                           "the exit code is 0 whatever the verdict")] = None,
@@ -112,9 +142,11 @@ def compare(
     cand_specs = [parse_spec(c, source="--candidate") for c in (candidate or [DEFAULT_CANDIDATE])]
     base_spec = parse_spec(baseline, source="--baseline") if baseline else None
     task_specs = load_selected_tasks(suite, tasks, limit, include, size)
+    settings = RunSettings(suite=suite or tasks or DEFAULT_SUITE, limit=limit, repeats=repeats,
+                           seed=seed, temperature=temperature, top_p=top_p, fresh=fresh,
+                           cache=not no_cache, judge=judge, budget=budget, prices=load_prices(prices))
+    _note_sampling(settings)
     with served_default(console.print) if base_spec is None else contextlib.nullcontext(base_spec) as served:
-        settings = RunSettings(suite=suite or tasks or DEFAULT_SUITE, limit=limit,
-                               repeats=repeats, seed=seed, budget=budget, prices=load_prices(prices))
         verdicts = asyncio.run(_compare(cand_specs, served, task_specs, settings, db, margin, out_dir,
                                         on_ready=lambda: _print_power(task_specs, margin)))
     if fail_on is not None and any(fails(v, fail_on.value) for v in verdicts):
@@ -146,9 +178,10 @@ async def _compare(cand_specs, base_spec, task_specs, settings, db, margin, out_
 
     store = lambda: Store(db)  # noqa: E731  (opened once the first backends pass their preflight)
     comparisons = []
-    for cand_spec in cand_specs:
+    for i, cand_spec in enumerate(cand_specs):
         store, outcome = await run_comparison(cand_spec, base_spec, task_specs, settings,
-                                              store, margin, log=console.print, on_ready=on_ready)
+                                              store, margin, log=console.print, on_ready=on_ready,
+                                              fresh_baseline=i == 0)
         on_ready = None  # once, before the first comparison
         _exit_if_budget_stopped([outcome.candidate, outcome.baseline])
         comparisons.append(outcome.comparison)
@@ -234,7 +267,7 @@ def _write_report(store, comparison, out_dir: Path) -> None:
     overall = comparison["overall"]
     out.print(f"{comparison['candidate']['label']}\n  vs {comparison['baseline']['label']}",
               soft_wrap=True, markup=False, highlight=False)
-    for line in comparison_lines(comparison):
+    for line in comparison_lines(comparison) + sampling_lines(comparison):
         out.print(line, soft_wrap=True, markup=False, highlight=False)
     out.print(f"overall: {overall['verdict']} ({overall['why']})", soft_wrap=True, markup=False)
     out.print(f"report: {paths['html']}\n        {paths['md']}\n        {paths['json']}")
@@ -275,6 +308,22 @@ def comparison_lines(comparison: dict) -> list[str]:
             lines.append(line(r))
     return lines + ["scores in %, diff in points; fidelity: mean log-prob per token, diff in nats"]
 
+def sampling_lines(comparison: dict) -> list[str]:
+    """pass@k per task (several draws per item) and answers left ungraded by the judge."""
+    from dsparity.evals.pass_rates import describe
+
+    lines = [f"{t['task']}: candidate {describe(t['pass_at_k']['candidate'])}; "
+             f"baseline {describe(t['pass_at_k']['baseline'])}"
+             for t in comparison["tasks"] if t.get("pass_at_k")]
+    if lines:
+        lines.insert(0, "pass@k over each item's draws (the table's n counts items, not draws):")
+    errors = comparison.get("grade_errors") or {}
+    ungraded = {side: sum(errors.get(side, {}).values()) for side in ("candidate", "baseline")}
+    if any(ungraded.values()):
+        lines.append(f"not graded (no judge verdict; graded again on the next run): candidate "
+                     f"{ungraded['candidate']}, baseline {ungraded['baseline']} answers")
+    return lines
+
 def _nat(v, signed: bool = False) -> str:
     if v is None:
         return "n/a"
@@ -291,15 +340,13 @@ def report(
     from dsparity.evals.compare import compare_runs
 
     store = existing_store(db)
+    _preflight_judges(store.run(candidate_run), judge, grading=False, pairwise=True)
     comparison = compare_runs(store, candidate_run, baseline_run, margin=margin, judge=judge)
     _write_report(store, comparison, out_dir)
 
 @app.command()
 def grade(
-    run_id: Annotated[str, typer.Argument(help="Run id")], db: Db = None,
-    judge: Annotated[str | None, typer.Option(
-        "--judge", help="Judge model spec for judge graders (overrides the task's; "
-                        "default env DSPARITY_JUDGE)")] = None,
+    run_id: Annotated[str, typer.Argument(help="Run id")], db: Db = None, judge: Judge = None,
     set_: Annotated[list[str] | None, typer.Option(
         "--set", help="Grader setting KEY=VALUE (YAML value) on top of each task's, "
                       "e.g. timeout_s=20")] = None,
@@ -327,9 +374,20 @@ def grade(
     if artifacts:
         overrides["artifact_dir"] = str(artifacts)
     store = existing_store(db)
+    run = store.run(run_id)
+    _preflight_judges(run, overrides.get("judge"))
     with override_settings(overrides):
-        n = grade_run(store, store.run(run_id)["id"], replace=True)
-    out.print(f"graded {n} samples")
+        n = grade_run(store, run["id"], replace=True)
+    ungraded = len(store.grade_errors(run["id"]))
+    out.print(f"graded {n} samples" + (f"; {ungraded} not graded (no judge verdict: stored as "
+                                       "grading errors, graded again next time)" if ungraded else ""))
+
+def _preflight_judges(run: dict, judge: str | None, *, grading: bool = True, pairwise: bool = False) -> None:
+    """The judges a stored run's tasks need, reachable before anything is graded or judged."""
+    from dsparity.evals.graders.judge import preflight_judges
+
+    tasks = [(name, info["grader"], info.get("settings") or {}) for name, info in run["tasks"].items()]
+    asyncio.run(preflight_judges(tasks, judge, grading=grading, pairwise=pairwise))
 
 @app.command()
 def runs(db: Db = None) -> None:

@@ -11,6 +11,7 @@ import numpy as np
 
 from dsparity.evals import fidelity, stats, usage
 from dsparity.evals.logprobs import prompt_of
+from dsparity.evals.pass_rates import pass_at_k_by_task
 from dsparity.evals.store import SampleKey, Store
 
 DEFAULT_MARGIN = 0.05  # 5 points: a difference a user of the smoke-sized suites could notice
@@ -72,6 +73,8 @@ def compare_runs(store: Store, candidate_run: str, baseline_run: str, *,
             continue
         task_margin = margin if margin is not None else float(settings.get("margin", DEFAULT_MARGIN))
         row = _task_result(t, keys, cand, base, task_margin, alpha, iters, seed)
+        if passes := _pass_at_k(keys, cand, base, int(cand_run["settings"].get("repeats") or 1)):
+            row["pass_at_k"] = passes
         if settings.get("pairwise"):
             row["pairwise"] = pairwise_preference(keys, cand, base, settings, judge)
         per_task.append(row)
@@ -94,7 +97,26 @@ def compare_runs(store: Store, candidate_run: str, baseline_run: str, *,
         "disagreements": _disagreements([k for k in paired if k.task not in fidelity_tasks], cand, base),
         "unpaired": {"candidate_only": len(set(cand) - set(base)),
                      "baseline_only": len(set(base) - set(cand))},
+        "grade_errors": {"candidate": _grade_errors(store, cand_run["id"]),
+                         "baseline": _grade_errors(store, base_run["id"])},
     }
+
+
+def _pass_at_k(keys: list[PairKey], cand: dict, base: dict, repeats: int) -> dict[str, dict] | None:
+    """pass@k of both models over the paired samples (the same draws the row's test uses)."""
+    sides = {name: pass_at_k_by_task([(k.task, k.doc_id, rows[k]["passed"]) for k in keys], repeats)
+             for name, rows in (("candidate", cand), ("baseline", base))}
+    if not keys or keys[0].task not in sides["candidate"] or keys[0].task not in sides["baseline"]:
+        return None
+    return {name: by_task[keys[0].task] for name, by_task in sides.items()}
+
+
+def _grade_errors(store: Store, run_id: str) -> dict[str, int]:
+    """Samples per task that have an answer but no grade yet (a judge outage): never scored."""
+    counts: dict[str, int] = defaultdict(int)
+    for key in store.grade_errors(run_id):
+        counts[key.task] += 1
+    return dict(counts)
 
 
 def _run_summary(run: dict) -> dict[str, Any]:
@@ -103,7 +125,8 @@ def _run_summary(run: dict) -> dict[str, Any]:
 
 
 def _task_result(task, keys, cand, base, margin, alpha, iters, seed):
-    # One score per document: repeats of a document are averaged (the clustered unit, grading.md 5.1).
+    # One score per document: repeats of a document are averaged (the clustered unit, grading.md
+    # 5.1), so N draws of one item count as one item in every test, never as N.
     per_doc_a, per_doc_b = defaultdict(list), defaultdict(list)
     for k in keys:
         per_doc_a[k.doc_id].append(cand[k]["score"])
@@ -157,7 +180,7 @@ def pairwise_preference(keys: list[PairKey], cand: dict, base: dict, settings: d
     rate over prompts, with its CI (grading.md 5.2: w = 0.5 is parity)."""
     from dsparity.evals.graders.judge import pairwise_judge
 
-    spec = settings.get("judge") or judge
+    spec = judge or settings.get("judge")  # --judge over the task's own, as for judge graders
     scores, clusters, details = [], [], []
     for k in keys:
         c, b = cand[k], base[k]

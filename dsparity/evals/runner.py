@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import uuid
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -22,6 +21,7 @@ from dsparity.evals import provenance
 from dsparity.evals.backends import Backend, identity_key, make_backend
 from dsparity.evals.backends.base import ScoreRequest
 from dsparity.evals.graders import GradeInput, get_grader
+from dsparity.evals.graders.base import GradeUnavailable
 from dsparity.evals.logprobs import describe
 from dsparity.evals.pricing import BUILTIN_PRICES, Price, price_for
 from dsparity.evals.specs import ModelSpec
@@ -37,14 +37,26 @@ class RunSettings:
     repeats: int = 1
     seed: int = 0
     temperature: float | None = None  # None: the task's own setting (greedy by default)
+    top_p: float | None = None  # None: the request's own (1.0)
     fresh: bool = False  # a new run even if an identical one exists
+    cache: bool = True  # False (--no-cache): every request goes to the model, none to the cache
+    judge: str | None = None  # --judge: the judge of every judge grader, over the task's own
     budget: float | None = None  # stop sending once the run has cost this much
     prices: dict[str, Price] = field(default_factory=lambda: dict(BUILTIN_PRICES))
 
     def to_dict(self) -> dict[str, Any]:
-        """What identifies the run (the budget does not: raising it continues the same run)."""
-        return {"suite": self.suite, "limit": self.limit, "repeats": self.repeats,
-                "seed": self.seed, "temperature": self.temperature}
+        """What identifies the run (the budget does not: raising it continues the same run; nor
+        do the cache and the judge, which change how answers are obtained or graded, not what
+        was asked)."""
+        d = {"suite": self.suite, "limit": self.limit, "repeats": self.repeats,
+             "seed": self.seed, "temperature": self.temperature}
+        if self.top_p is not None:  # only when set: runs stored before --top-p keep their keys
+            d["top_p"] = self.top_p
+        return d
+
+    def recorded(self) -> dict[str, Any]:
+        """What the run row keeps: the identity plus the rest of the command's run settings."""
+        return self.to_dict() | {"top_p": self.top_p, "cache": self.cache, "judge": self.judge}
 
 
 @dataclass
@@ -58,6 +70,7 @@ class RunResult:
     error_classes: dict[str, int] = field(default_factory=dict)
     cost: float = 0.0  # whole run, this invocation included
     stopped_by_budget: bool = False
+    grade_errors: int = 0  # samples the grader could not grade (judge outage): graded next run
 
 
 def _request_for(item: TaskItem, repeat: int, settings: RunSettings):
@@ -66,6 +79,8 @@ def _request_for(item: TaskItem, repeat: int, settings: RunSettings):
         return request  # log-likelihoods are exact: no sampling, every repeat the same numbers
     if settings.temperature is not None:
         request = replace(request, temperature=settings.temperature)
+    if settings.top_p is not None:
+        request = replace(request, top_p=settings.top_p)
     if request.temperature > 0:  # sampled: each repeat is its own draw, seeded reproducibly
         request = replace(request, seed=settings.seed + repeat)
     return request
@@ -83,7 +98,8 @@ async def execute_run(spec: ModelSpec, tasks: list[TaskSpec], settings: RunSetti
         result = RunResult(run_id, resumed, cost=store.run_cost(run_id))
         await _generate_all(store, backend, tasks, settings, result, show_progress,
                             price[1] if price else None)
-        grade_run(store, run_id)
+        grade_run(store, run_id, judge=settings.judge)
+        result.grade_errors = len(store.grade_errors(run_id))
         store.finish_run(run_id, "stopped_budget" if result.stopped_by_budget else "complete")
         return result
     finally:
@@ -115,19 +131,47 @@ async def preflight(backend: Backend, tasks: list[TaskSpec]) -> None:
 
 def _open_run(store: Store, spec: ModelSpec, backend: Backend, tasks: list[TaskSpec],
               settings: RunSettings, price: tuple[str, Price] | None) -> tuple[str, bool]:
+    """The newest run of this configuration (resumed), or with `fresh` a new one.
+
+    Runs of one configuration are numbered generations: 0 is the configuration's own key, each
+    --fresh run the next number. So the same command without --fresh resumes the newest one,
+    a fresh run that was interrupted included."""
     task_info = {t.name: {"task_hash": t.task_hash, "n_items": len(t.items), "n_docs": t.n_docs,
                           "grader": t.grader, "settings": t.settings, "suite": t.suite}
                  for t in tasks}
     key_parts = [backend.identity, task_info, settings.to_dict()]
-    if settings.fresh:
-        key_parts.append(uuid.uuid4().hex)
-    run_key = hashlib.sha256(json.dumps(key_parts, sort_keys=True, default=str).encode())
-    return store.find_or_create_run(
-        run_key.hexdigest(),
+    base = hashlib.sha256(json.dumps(key_parts, sort_keys=True, default=str).encode()).hexdigest()
+    fields = dict(
         model_spec=spec.text, label=spec.label, identity=backend.identity, suite=settings.suite,
         tasks=task_info,
-        settings=settings.to_dict() | {"price": {"name": price[0], **price[1].to_dict()} if price else None},
+        settings=settings.recorded() | {"price": {"name": price[0], **price[1].to_dict()} if price else None},
         provenance=provenance.collect() | {"seed": settings.seed})
+    generation = _newest_generation(store, base)
+    if not settings.fresh:
+        return store.find_or_create_run(_run_key(base, max(generation, 0)), **fields)
+    while True:  # a concurrent --fresh run may take the next number first: take the one after
+        generation += 1
+        run_id, resumed = store.find_or_create_run(_run_key(base, generation), **fields)
+        if not resumed:
+            return run_id, False
+
+
+def _run_key(base: str, generation: int) -> str:
+    return base if generation == 0 else hashlib.sha256(f"{base}:fresh:{generation}".encode()).hexdigest()
+
+
+def _newest_generation(store: Store, base: str, batch: int = 64) -> int:
+    """The highest generation that has a run (-1: none). Generations are created in order, so
+    the first batch that is not full ends the search."""
+    newest, start = -1, 0
+    while True:
+        keys = {_run_key(base, g): g for g in range(start, start + batch)}
+        found = store.existing_run_keys(list(keys))
+        if found:
+            newest = max(keys[k] for k in found)
+        if len(found) < batch:
+            return newest
+        start += batch
 
 
 async def _generate_all(store: Store, backend: Backend, tasks: list[TaskSpec], settings: RunSettings,
@@ -140,7 +184,9 @@ async def _generate_all(store: Store, backend: Backend, tasks: list[TaskSpec], s
     slots = asyncio.Semaphore(max(1, backend.concurrency))
     keys = {(item.task, item.doc_id, r): _cache_key(model_key, _request_for(item, r, settings), r)
             for item, r in todo}
-    hits = store.cached_many(list(keys.values()))  # one query instead of one per item
+    # One query instead of one per item; --no-cache reads nothing (the answers it gets replace
+    # the cached ones, so the cache keeps the newest answer of a moving model alias).
+    hits = store.cached_many(list(keys.values())) if settings.cache else {}
     writer = GroupWriter(store)
 
     async def save(item: TaskItem, repeat: int, request, completion, cache_key: str, cached: bool) -> None:
@@ -149,7 +195,7 @@ async def _generate_all(store: Store, backend: Backend, tasks: list[TaskSpec], s
         fields = dict(doc_hash=item.doc_hash, prompt_hash=item.prompt_hash, target=item.target,
                       doc=item.doc, request=request.to_dict(), cached=int(cached), cost=cost)
         await writer.write(SampleRecord(result.run_id, SampleKey(item.task, item.doc_id, repeat), fields,
-                                        completion, cache_key))
+                                        completion, cache_key, refresh_cache=not settings.cache))
         if completion.error:
             result.errors += 1
             cls = completion.error_class or "unknown"
@@ -199,22 +245,31 @@ def _cache_key(model_key: str, request, repeat: int) -> str:
     return hashlib.sha256(f"{model_key}:{request.key()}:{draw}".encode()).hexdigest()
 
 
-def grade_run(store: Store, run_id: str, *, replace: bool = False) -> int:
-    """Grade answered samples that have no grade yet (all of them with replace=True)."""
+def grade_run(store: Store, run_id: str, *, replace: bool = False, judge: str | None = None) -> int:
+    """Grade answered samples that have no grade yet (all of them with replace=True).
+
+    `judge` (--judge) is the judge of every judge grader, over the task's own. A sample the
+    grader cannot grade for reasons outside the answer (GradeUnavailable: a judge outage, an
+    unparsable verdict) is stored as a grading error, never as a score, and has no grade, so
+    the next pass over the run grades it again."""
     run = store.run(run_id)
     existing = {} if replace else store.grades(run_id)
-    rows = []
+    rows, errors = [], []
     for s in store.samples(run_id):
         key = SampleKey(s["task"], s["doc_id"], s["repeat"])
         if s["error"] is not None or key in existing:
             continue  # an infrastructure error is not a wrong answer: it gets no grade
         info = run["tasks"][s["task"]]
-        grade = get_grader(info["grader"])(
-            GradeInput(s["text"], s["target"], s["doc"], s["finish_reason"], s.get("scores")),
-            info["settings"])
-        rows.append(dict(task=s["task"], doc_id=s["doc_id"], repeat=s["repeat"],
-                         grader=info["grader"], score=grade.score,
-                         passed=None if grade.passed is None else int(grade.passed),
-                         details=grade.details))
-    store.put_grades(run_id, rows, replace=replace)
+        settings = info["settings"] | ({"judge": judge} if judge else {})
+        where = dict(task=s["task"], doc_id=s["doc_id"], repeat=s["repeat"], grader=info["grader"])
+        try:
+            grade = get_grader(info["grader"])(
+                GradeInput(s["text"], s["target"], s["doc"], s["finish_reason"], s.get("scores")),
+                settings)
+        except GradeUnavailable as exc:
+            errors.append(where | dict(error=exc.reason, details=exc.details))
+            continue
+        passed = None if grade.passed is None else int(grade.passed)
+        rows.append(where | dict(score=grade.score, passed=passed, details=grade.details))
+    store.put_grades(run_id, rows, replace=replace, errors=errors)
     return len(rows)

@@ -44,7 +44,7 @@ from dsparity.evals.backends.base import Completion
 from dsparity.redact import mask_registered, redact, secret_url
 
 # Bump with a function in MIGRATIONS: an older database is brought up to date when it is opened.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 MAX_TEXT_CHARS = 2_000_000  # a runaway answer is kept truncated and flagged, not stored whole
 
 metadata = MetaData()
@@ -109,6 +109,22 @@ grades = Table(
     Column("details", JSON, nullable=False),
     Column("created_at", Float, nullable=False),
     UniqueConstraint("run_id", "task", "doc_id", "repeat", "grader", name="uq_grade"),
+)
+
+# A sample the grader could not grade for reasons outside the answer (a judge outage, an
+# unparsable verdict): kept apart from grades, so it is never read as a score, and cleared when
+# a later pass grades the sample.
+grade_errors = Table(
+    "grade_errors", metadata,
+    Column("run_id", String(32), nullable=False),
+    Column("task", String(200), nullable=False),
+    Column("doc_id", Integer, nullable=False),
+    Column("repeat", Integer, nullable=False),
+    Column("grader", String(64), nullable=False),
+    Column("error", Text, nullable=False),
+    Column("details", JSON, nullable=False),
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("run_id", "task", "doc_id", "repeat", name="uq_grade_error"),
 )
 
 responses = Table(
@@ -184,7 +200,13 @@ def _migrate_to_3(c: Connection) -> None:
         c.exec_driver_sql("ALTER TABLE samples ADD COLUMN scores JSON")
 
 
-MIGRATIONS = {2: _migrate_to_2, 3: _migrate_to_3}  # version -> step from version - 1; idempotent
+def _migrate_to_4(c: Connection) -> None:
+    """Grading errors (judge outages) are stored apart from grades."""
+    grade_errors.create(c, checkfirst=True)
+
+
+# version -> step from version - 1; idempotent
+MIGRATIONS = {2: _migrate_to_2, 3: _migrate_to_3, 4: _migrate_to_4}
 
 
 def default_url() -> str:
@@ -269,6 +291,11 @@ class Store:
         except IntegrityError:
             return self.find_or_create_run(key, **fields)
         return run_id, False
+
+    def existing_run_keys(self, keys: list[str]) -> set[str]:
+        """Which of these run keys have a run."""
+        with self.engine.connect() as c:
+            return {k for (k,) in c.execute(select(runs.c.key).where(runs.c.key.in_(keys)))}
 
     def finish_run(self, run_id: str, status: str) -> None:
         with self.engine.begin() as c:
@@ -356,13 +383,31 @@ class Store:
             rows = c.execute(select(grades).where(grades.c.run_id == run_id)).mappings()
             return {SampleKey(r["task"], r["doc_id"], r["repeat"]): dict(r) for r in rows}
 
-    def put_grades(self, run_id: str, rows: Iterable[dict[str, Any]], *, replace: bool) -> None:
-        rows = list(rows)
-        if not rows:
+    def grade_errors(self, run_id: str) -> dict[SampleKey, dict[str, Any]]:
+        with self.engine.connect() as c:
+            rows = c.execute(select(grade_errors).where(grade_errors.c.run_id == run_id)).mappings()
+            return {SampleKey(r["task"], r["doc_id"], r["repeat"]): dict(r) for r in rows}
+
+    def put_grades(self, run_id: str, rows: Iterable[dict[str, Any]], *, replace: bool,
+                   errors: Iterable[dict[str, Any]] = ()) -> None:
+        """Grades, and the samples that could not be graded this time, in one transaction: a
+        graded sample's earlier grading error is cleared, an ungraded one's is replaced."""
+        rows, errors = list(rows), list(errors)
+        if not rows and not errors and not replace:
             return
         with self.engine.begin() as c:
             if replace:
                 c.execute(grades.delete().where(grades.c.run_id == run_id))
+                c.execute(grade_errors.delete().where(grade_errors.c.run_id == run_id))
+            for r in [*rows, *errors]:
+                c.execute(grade_errors.delete().where(
+                    grade_errors.c.run_id == run_id, grade_errors.c.task == r["task"],
+                    grade_errors.c.doc_id == r["doc_id"], grade_errors.c.repeat == r["repeat"]))
+            if errors:
+                c.execute(grade_errors.insert(), [r | {"run_id": run_id, "created_at": time.time()}
+                                                  for r in errors])
+            if not rows:
+                return
             have = {(r.task, r.doc_id, r.repeat, r.grader) for r in c.execute(
                 select(grades.c.task, grades.c.doc_id, grades.c.repeat, grades.c.grader)
                 .where(grades.c.run_id == run_id))}
@@ -490,6 +535,7 @@ class SampleRecord:
     fields: dict[str, Any]  # doc_hash, prompt_hash, target, doc, request, cached, cost
     completion: Completion
     cache_key: str | None
+    refresh_cache: bool = False  # --no-cache: the fresh answer replaces a cached one
 
 
 def _write_sample(c, r: SampleRecord) -> None:
@@ -513,10 +559,14 @@ def _write_sample(c, r: SampleRecord) -> None:
     if existing is not None:
         c.execute(samples.delete().where(*where))
     c.execute(samples.insert().values(**row))
-    if r.cache_key and r.completion.ok and \
-            c.execute(select(responses.c.key).where(responses.c.key == r.cache_key)).first() is None:
-        stored = r.completion.to_dict() | {"text": text, "reasoning": reasoning}
+    if not (r.cache_key and r.completion.ok):
+        return
+    stored = r.completion.to_dict() | {"text": text, "reasoning": reasoning}
+    if c.execute(select(responses.c.key).where(responses.c.key == r.cache_key)).first() is None:
         c.execute(responses.insert().values(key=r.cache_key, completion=stored, created_at=time.time()))
+    elif r.refresh_cache:
+        c.execute(update(responses).where(responses.c.key == r.cache_key)
+                  .values(completion=stored, created_at=time.time()))
 
 
 def _cap(text: str) -> tuple[str, bool]:

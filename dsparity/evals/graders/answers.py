@@ -1,7 +1,7 @@
 """Answer graders: exact / normalised match with strict and flexible extraction, needle match,
-whole-word containment. Each grades the final answer only: a reasoning channel inlined in the
-text (`<think>...</think>`) is cut away first, so an answer found only while thinking earns
-nothing."""
+whole-word containment. Each grades the final answer only: `GradeInput` has already cut a
+reasoning channel inlined in the text (`<think>...</think>`) away, so an answer found only while
+thinking earns nothing."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import re
 import unicodedata
 
 from dsparity.evals.graders.base import Grade, GradeInput, register
-from dsparity.evals.graders.text import strip_reasoning
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 _MARKUP = re.compile(r"[*_`$\\]|\\boxed\{|^answer\s*[:：]\s*", re.IGNORECASE)
@@ -46,7 +45,7 @@ def flexible_answer(text: str, target: str) -> str:
 def exact(sample: GradeInput, settings: dict) -> Grade:
     """Strict: the whole answer equals the target after normalising. Flexible: the extracted
     final answer does. `settings["primary"]` (strict | flexible) picks the score; both are kept."""
-    answer = strip_reasoning(sample.text)
+    answer = sample.text
     target = normalize(sample.target)
     strict = normalize(answer) == target
     extracted = flexible_answer(answer, sample.target)
@@ -60,7 +59,7 @@ def exact(sample: GradeInput, settings: dict) -> Grade:
 @register("needle")
 def needle(sample: GradeInput, settings: dict) -> Grade:
     """RULER's string-match-all: every expected value appears in the answer."""
-    answer = strip_reasoning(sample.text).lower()
+    answer = sample.text.lower()
     values = [v for v in re.split(r"\s*\|\s*", sample.target) if v]
     found = [v for v in values if v.lower() in answer]
     score = len(found) / len(values) if values else 0.0
@@ -71,7 +70,7 @@ def needle(sample: GradeInput, settings: dict) -> Grade:
 def contains(sample: GradeInput, settings: dict) -> Grade:
     """Any of the accepted answers ("a | b") appears in the answer as a whole word or number,
     ignoring case: "The capital of France is Paris." earns "Paris"; "15" does not earn "5"."""
-    answer = unicodedata.normalize("NFKC", strip_reasoning(sample.text)).lower()
+    answer = unicodedata.normalize("NFKC", sample.text).lower()
     accepted = [v.strip() for v in sample.target.split("|") if v.strip()]
     hit = next((v for v in accepted
                 if re.search(rf"(?<![\w.]){re.escape(v.lower())}(?![\w]|\.\d)", answer)), None)

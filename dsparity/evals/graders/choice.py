@@ -7,7 +7,6 @@ import string
 import unicodedata
 
 from dsparity.evals.graders.base import Grade, GradeInput, register
-from dsparity.evals.graders.text import strip_reasoning
 
 # letters in other scripts that models answer with (simple-evals' MMLU list plus Cyrillic/Greek
 # look-alikes); full-width Latin letters are folded by NFKC
@@ -148,7 +147,7 @@ def choice(sample: GradeInput, settings: dict) -> Grade:
     n = len(choices) if isinstance(choices, list) and choices else int(settings.get("n_choices", 10))
     letters = _letters(n)
     target = normalize(sample.target).strip().strip("().").upper()
-    text = strip_reasoning(sample.text)
+    text = sample.text
     strict = extract_strict(text, letters)
     flexible = extract_flexible(text, letters, choices if isinstance(choices, list) else None)
     primary = settings.get("primary", "flexible")

@@ -29,7 +29,6 @@ from typing import Any
 from dsparity.evals.graders import callproto
 from dsparity.evals.graders.base import Grade, GradeInput, register
 from dsparity.evals.graders.sandbox import MEMORY_EVIDENCE, Sandbox, SandboxResult, preflight, run_program
-from dsparity.evals.graders.text import strip_reasoning
 
 _FENCE = re.compile(r"```[ \t]*([\w+#.-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
 _PY_TAGS = {"python", "py", "python3", "py3"}
@@ -43,8 +42,8 @@ _NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]{1,6})?
 
 def extract_code(text: str, language: str = "python") -> str:
     """The program in an answer: the last fenced block tagged with the language, else the last
-    untagged fenced block, else the whole answer (reasoning stripped first)."""
-    text = strip_reasoning(text)
+    untagged fenced block, else the whole answer. `text` is the final answer (`GradeInput.text`:
+    reasoning already cut away)."""
     blocks = [(tag.lower(), body) for tag, body in _FENCE.findall(text)]
     tags = _PY_TAGS if language == "python" else {language.lower(), "js", "javascript"}
     tagged = [body for tag, body in blocks if tag in tags]

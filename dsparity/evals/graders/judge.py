@@ -20,7 +20,7 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +28,7 @@ import jinja2
 
 from dsparity.errors import DsparityError
 from dsparity.evals.backends import Backend, Request, make_backend
-from dsparity.evals.graders.base import Grade, GradeInput, register
+from dsparity.evals.graders.base import Grade, GradeInput, GradeUnavailable, register
 from dsparity.evals.graders.text import strip_reasoning
 from dsparity.evals.specs import parse_spec
 
@@ -103,6 +103,11 @@ class _JudgeLoop:
 
     def run(self, coro: Coroutine) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self._ensure()).result()
+
+    async def started(self, judge: str) -> Backend:
+        """Start (once) the judge's backend on the judge loop, awaited from any other loop."""
+        future = asyncio.run_coroutine_threadsafe(self.backend(judge), self._ensure())
+        return await asyncio.wrap_future(future)
 
     async def backend(self, judge: str | Backend) -> Backend:
         if not isinstance(judge, str):
@@ -189,8 +194,12 @@ def _parse_json(raw: str) -> dict[str, Any] | None:
 async def _converse(
     judge: str | Backend, messages: list[tuple[str, str]], validate, *, retries: int, max_tokens: int
 ) -> JudgeCall:
-    backend = await _LOOP.backend(judge)
     call = JudgeCall(list(messages))
+    try:
+        backend = await _LOOP.backend(judge)
+    except DsparityError as exc:  # the judge went away after its preflight: an outage
+        call.error = f"judge unavailable: {exc.line()}"
+        return call
     convo = list(messages)
     for _attempt in range(retries + 1):
         completion = await backend.generate(
@@ -280,10 +289,10 @@ def judge(sample: GradeInput, settings: dict) -> Grade:
     the reference answer when non-empty), `on_injection` ("flag" default, or "zero": an answer that
     addresses the judge scores 0).
     doc fields: `question` (or `prompt`/`instruction`/`input`/`problem`), optional `rubric`.
-    score = (verdict - min) / (max - min); an unparsable verdict after retries gives score 0,
-    passed None and `details.error`.
+    score = (verdict - min) / (max - min). No verdict (the judge unreachable, or unparsable after
+    retries) is no grade: GradeUnavailable, stored as a grading error and retried next run.
     """
-    answer = strip_reasoning(sample.text)
+    answer = sample.text
     reference = sample.target if settings.get("use_reference", True) and sample.target else None
     result = score_answer(
         _question(sample.doc),
@@ -299,7 +308,7 @@ def judge(sample: GradeInput, settings: dict) -> Grade:
     score = result.pop("score")
     details = result | {"truncated": sample.finish_reason == "length"}
     if score is None:
-        return Grade(0.0, None, details)
+        raise GradeUnavailable(f"judge gave no verdict: {details['error']}", details)
     if details["injection_suspected"] and settings.get("on_injection") == "zero":
         score = 0.0
     threshold = settings.get("pass_threshold")
@@ -350,6 +359,52 @@ def score_answer(
         "injection_signals": signals,
         "error": None if call.verdict is not None else call.error,
     }
+
+
+# ------------------------------------------------------------------------------------------------
+# preflight: the judges a run will need, reachable before anything is generated
+
+JUDGE_GRADERS = {"judge"}  # cannot grade without a judge
+MAY_JUDGE = {"web"}  # ask one for what heuristics leave undecided, when a judge is configured
+
+
+def judges_for(tasks: Iterable[tuple[str, str, dict[str, Any]]], override: str | None = None, *,
+               grading: bool = True, pairwise: bool = False) -> dict[str, list[str]]:
+    """{judge spec: [task, ...]} for (name, grader, settings) triples: `override` (--judge) over
+    the task's own `judge` over $DSPARITY_JUDGE. `grading`: the judges the graders call;
+    `pairwise`: tasks with `pairwise: true` too (a comparison judges their answer pairs). A task
+    that needs a judge and has none is bad input."""
+    needed: dict[str, list[str]] = {}
+    for name, grader, settings in tasks:
+        required = (grading and grader in JUDGE_GRADERS) or (pairwise and bool(settings.get("pairwise")))
+        may_judge = grader in MAY_JUDGE or (grader == "longform" and bool(settings.get("rubric")))
+        optional = grading and may_judge
+        if not (required or optional):
+            continue
+        spec = override or settings.get("judge") or os.environ.get(JUDGE_ENV)
+        if not spec:
+            if required:
+                raise DsparityError(f"task {name}", "judge", "no judge model configured",
+                                    f"pass --judge SPEC, set metadata.dsparity.judge in the task, "
+                                    f"or export {JUDGE_ENV}=SPEC")
+            continue
+        needed.setdefault(spec, []).append(name)
+    return needed
+
+
+async def preflight_judges(tasks: Iterable[tuple[str, str, dict[str, Any]]], override: str | None = None,
+                           *, grading: bool = True, pairwise: bool = False) -> None:
+    """Start every judge the tasks will call (for an API judge that is the backend's own
+    preflight, `GET /models`), so a wrong or unreachable judge fails in one line before any
+    answer is generated; the started backend is the one grading reuses."""
+    for spec, names in judges_for(tasks, override, grading=grading, pairwise=pairwise).items():
+        needed_by = f"the judge of {', '.join(sorted(names)[:3])}" + ("…" if len(names) > 3 else "")
+        try:
+            parse_spec(spec, source="--judge" if spec == override else "judge")
+            await _LOOP.started(spec)
+        except DsparityError as exc:
+            raise DsparityError(f"judge ({needed_by}) {exc.source}", exc.field, exc.problem,
+                                exc.fix) from None
 
 
 # ------------------------------------------------------------------------------------------------

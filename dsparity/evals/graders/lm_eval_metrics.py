@@ -17,7 +17,6 @@ from __future__ import annotations
 from typing import Any
 
 from dsparity.evals.graders.base import Grade, GradeInput, register
-from dsparity.evals.graders.text import strip_reasoning
 
 DEFAULT_FILTERS = [{"name": "none", "filter": [{"function": "take_first"}]}]
 
@@ -63,7 +62,7 @@ def grade_lm_eval(sample: GradeInput, settings: dict) -> Grade:
     if not metrics:
         return Grade(0.0, False, {"error": "no lm-eval metrics stored with this item"})
     doc = {k: v for k, v in sample.doc.items() if k != "_lm_eval"}
-    text = strip_reasoning(sample.text)
+    text = sample.text
     gold, multiple = info.get("gold"), bool(info.get("multiple_target"))
     values: dict[str, float] = {}
     filtered: dict[str, Any] = {}

@@ -11,7 +11,6 @@ import threading
 from typing import Any
 
 from dsparity.evals.graders.base import Grade, GradeInput, register
-from dsparity.evals.graders.text import strip_reasoning
 
 _DELIMITED = re.compile(r"\$|\\\(|\\\[|\\boxed")
 _FINAL = re.compile(r"(?:final answer|answer)\s*(?:is)?\s*[:：]?\s*(.+)$", re.IGNORECASE | re.MULTILINE)
@@ -68,9 +67,9 @@ def strict_span(text: str) -> str | None:
 
 def verify_answer(gold: str, answer: str) -> dict[str, Any]:
     """Both pipelines: strict (last boxed / answer line) and flexible (Math-Verify over the
-    whole answer); reasoning stripped first."""
+    whole answer). `answer` is the final answer (`GradeInput.text`: reasoning already cut away)."""
     mv = _mv()
-    text = strip_reasoning(answer)
+    text = answer
     gold_parsed = parse_gold(gold)
     opts = _timeouts()
     verify_opts = {} if not opts else {"timeout_seconds": None}

@@ -10,9 +10,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from dsparity.evals.graders.base import Grade, GradeInput, register
+from dsparity.evals.graders.base import Grade, GradeInput, GradeUnavailable, register
 from dsparity.evals.graders.browser import PageReport, render
-from dsparity.evals.graders.text import strip_reasoning
 
 ARTIFACTS_ENV = "DSPARITY_ARTIFACTS"
 DEFAULT_ARTIFACTS = "results/artifacts"
@@ -30,8 +29,9 @@ def _looks_html(text: str) -> bool:
 
 def extract_page(answer: str) -> tuple[str, str]:
     """(html, how). The last HTML block (fenced or bare); CSS and JS blocks given separately are
-    stitched in (local `<script src>`/`<link href>` to them removed); a lone p5 sketch gets a page."""
-    text = strip_reasoning(answer)
+    stitched in (local `<script src>`/`<link href>` to them removed); a lone p5 sketch gets a page.
+    `answer` is the final answer (`GradeInput.text`: reasoning already cut away)."""
+    text = answer
     blocks = [(tag.lower(), body) for tag, body in _FENCE.findall(text)]
     html_blocks = [b for t, b in blocks if t in _HTML_TAGS] or [
         b for t, b in blocks if not t and _looks_html(b)
@@ -377,6 +377,8 @@ def web(sample: GradeInput, settings: dict) -> Grade:
             judge=judge,
             retries=int(settings.get("retries", 2)),
         )
+        if judged["error"]:  # the judge was asked and gave nothing: no grade now, a retry next run
+            raise GradeUnavailable(f"checklist judge gave no verdict: {judged['error']}", {"judge": judged})
         by_item = dict(zip(needs_judge, judged["verdicts"], strict=True))
         for c in checks:
             if c["ok"] is None and c["item"] in by_item and by_item[c["item"]] is not None:

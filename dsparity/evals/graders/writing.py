@@ -14,7 +14,6 @@ from typing import Any
 
 from dsparity.errors import DsparityError
 from dsparity.evals.graders.base import Grade, GradeInput, register
-from dsparity.evals.graders.text import strip_reasoning
 
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002ffff]")
 _WORD = re.compile(r"[^\W\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff]+")
@@ -154,7 +153,7 @@ def ifeval(sample: GradeInput) -> Grade:
     from lm_eval.tasks.ifeval import utils as lm_ifeval
 
     doc = sample.doc
-    text = strip_reasoning(sample.text)
+    text = sample.text
     kwargs = [dict(kw or {}) for kw in doc["kwargs"]]
     results = lm_ifeval.process_results(
         {"key": doc.get("key"), "instruction_id_list": list(doc["instruction_id_list"]),
@@ -187,7 +186,7 @@ def writing(sample: GradeInput, settings: dict) -> Grade:
     """
     if settings.get("checker") == "ifeval":
         return ifeval(sample)
-    text = strip_reasoning(sample.text)
+    text = sample.text
     constraints = sample.doc.get("constraints") or settings.get("constraints") or []
     results = []
     for c in constraints:
@@ -348,7 +347,7 @@ def longform(sample: GradeInput, settings: dict) -> Grade:
     every = int(cfg.get("reminder_every", 10_000))
     tol = int(cfg.get("tolerance", 1000))
     length_tol = float(cfg.get("length_tolerance", 0.0))
-    text = strip_reasoning(sample.text)
+    text = sample.text
     n = len(text)
     length_ok = n >= target * (1 - length_tol)
     reminders = find_reminders(text, cfg.get("reminder_pattern"))
