@@ -68,8 +68,10 @@ class JSONEndpoint:
             return _json(resp, await resp.read())
 
     async def post(self, path: str, body: dict[str, Any]) -> Any:
+        """POST to base URL + path, or to `path` itself when it is a whole URL."""
+        url = path if path.startswith(("http://", "https://")) else self.base_url + path
         payload = json.dumps(body, ensure_ascii=False).encode()
-        async with _failures(), self._open().post(self.base_url + path, data=payload) as resp:
+        async with _failures(), self._open().post(url, data=payload) as resp:
             return _json(resp, await resp.read())
 
     async def stream(self, path: str, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:

@@ -62,6 +62,7 @@ class OpenAIBackend:
         self._cool_down = CoolDown()
         self.attempts = 0  # requests actually put on the wire (all replicas, all retries)
         self.max_model_len: int | None = None  # from /models where the server says (vLLM, ours)
+        self._tokenize_route: bool | None = None  # False once the server showed it has none
 
     async def start(self) -> None:
         try:
@@ -125,6 +126,30 @@ class OpenAIBackend:
 
     def context_length(self) -> int | None:
         return self.max_model_len
+
+    async def count_tokens(self, request: Request) -> int | None:
+        """The prompt's tokens with its chat template, as the server counts them: POST /tokenize
+        at the server's root with the messages (vLLM, `dsparity serve`). None where the server
+        has no such route (asked once) or did not answer."""
+        if self._tokenize_route is False:
+            return None
+        replica = self.replicas[0]
+        url = replica.url.removesuffix("/v1") + "/tokenize"
+        body = {"model": self.spec.name, "add_generation_prompt": True,
+                "messages": [{"role": r, "content": c} for r, c in request.messages]}
+        async with self._slots:
+            try:
+                count = (await replica.http.post(url, body))["count"]
+            except StatusError as exc:
+                if exc.status not in RETRYABLE_STATUS:
+                    self._tokenize_route = False
+                return None
+            except (ConnectionFailure, TimeoutFailure):
+                return None
+            except (ValueError, KeyError, TypeError):
+                self._tokenize_route = False
+                return None
+        return count if isinstance(count, int) and count >= 0 else None
 
     async def generate(self, request: Request) -> Completion:
         return await self._timed(request, self._stream if self.stream else self._once)
