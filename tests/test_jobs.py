@@ -98,6 +98,8 @@ def test_job_file_errors_name_the_file_and_field(tmp_path):
         "name: x\ncandidate: nonsense\n": "candidate",
         "name: x\ncandidate: local:m\nalerts: {on: [sometimes]}\n": "alerts.on",
         "name: ../x\ncandidate: local:m\n": "name",
+        "name: x\ncandidate: local:m\nsettings: {margin: 0}\n": "settings.margin",
+        "name: x\ncandidate: local:m\nsettings: {margin: 1.5}\n": "settings.margin",
     }
     for body, field in cases.items():
         bad.write_text(body)

@@ -333,13 +333,19 @@ def grade(
 
 @app.command()
 def runs(db: Db = None) -> None:
-    """List stored runs."""
+    """List stored runs: samples stored (errors among them) against those the run plans."""
     store = existing_store(db)
+    counts = store.sample_counts()
     table = Table()
-    for col in ("run", "model", "suite", "status", "samples", "created"):
-        table.add_column(col)
+    for col in ("run", "model", "suite", "status", "samples", "errors", "planned", "created"):
+        number = col in ("samples", "errors", "planned")
+        table.add_column(col, justify="right" if number else "left", no_wrap=number or col == "run",
+                         min_width=12 if col == "run" else None,  # ids get copied whole
+                         overflow="fold")  # a narrow terminal folds labels rather than cutting them
     for r in store.list_runs():
-        table.add_row(r["id"], r["label"], r["suite"], r["status"],
-                      str(sum(t["n_items"] for t in r["tasks"].values())),
+        stored, errors = counts.get(r["id"], (0, 0))
+        planned = sum(int(t.get("n_items") or 0) for t in r["tasks"].values()) * \
+            int((r["settings"] or {}).get("repeats") or 1)
+        table.add_row(r["id"], r["label"], r["suite"], r["status"], str(stored), str(errors), str(planned),
                       time.strftime("%Y-%m-%d %H:%M", time.localtime(r["created_at"])))
     out.print(table)

@@ -163,8 +163,9 @@ def load_job(path: Path) -> JobSpec:
         setattr(job, key, (base_dir / value).resolve() if key == "prices" else kind(value))
     if job.judge:
         parse_spec(job.judge, source=f"{src}: settings.judge")
-    if not 0.0 <= job.margin <= 1.0:
-        raise DsparityError(src, "settings.margin", f"expected 0..1 (score units), got {job.margin}")
+    if not 0.0 < job.margin <= 1.0:  # as --margin: a margin of 0 can never show equivalence
+        raise DsparityError(src, "settings.margin", f"expected a number in (0, 1] (score units), "
+                            f"got {job.margin}", "e.g. margin: 0.05 for 5 points")
     alerts = data.get("alerts") or {}
     if isinstance(alerts, dict) and True in alerts:  # YAML 1.1 reads a bare `on:` key as true
         alerts = {("on" if k is True else k): v for k, v in alerts.items()}

@@ -13,7 +13,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,8 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    and_,
+    case,
     create_engine,
     event,
     func,
@@ -342,6 +344,26 @@ class Store:
         with self.engine.connect() as c:
             total = c.execute(select(func.sum(samples.c.cost)).where(samples.c.run_id == run_id)).scalar()
         return float(total or 0.0)
+
+    def sample_counts(self) -> dict[str, tuple[int, int]]:
+        """Per run: (samples stored, of which errors), counted inside the database."""
+        errors = func.sum(case((samples.c.error.is_not(None), 1), else_=0))
+        q = select(samples.c.run_id, func.count(), errors).group_by(samples.c.run_id)
+        with self.engine.connect() as c:
+            return {run_id: (int(n), int(e or 0)) for run_id, n, e in c.execute(q)}
+
+    def iter_samples(self, run_id: str, batch: int = 200) -> Iterator[dict[str, Any]]:
+        """Every sample of a run with its grade (`grader`, `score`, `passed`, `grade_details`;
+        None when it has none), in key order, a batch at a time rather than all at once."""
+        graded = samples.outerjoin(grades, and_(
+            grades.c.run_id == samples.c.run_id, grades.c.task == samples.c.task,
+            grades.c.doc_id == samples.c.doc_id, grades.c.repeat == samples.c.repeat))
+        q = select(samples, grades.c.grader, grades.c.score, grades.c.passed,
+                   grades.c.details.label("grade_details")).select_from(graded).where(
+            samples.c.run_id == run_id).order_by(samples.c.task, samples.c.doc_id, samples.c.repeat)
+        with self.engine.connect() as c:
+            for row in c.execution_options(yield_per=batch).execute(q).mappings():
+                yield dict(row)
 
     def samples(self, run_id: str) -> list[dict[str, Any]]:
         q = select(samples).where(samples.c.run_id == run_id).order_by(
