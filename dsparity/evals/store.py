@@ -352,6 +352,17 @@ class Store:
         with self.engine.connect() as c:
             return {run_id: (int(n), int(e or 0)) for run_id, n, e in c.execute(q)}
 
+    def item_scores(self, run_id: str) -> list[tuple[str, int, str, str, float]]:
+        """(task, doc_id, doc_hash, prompt_hash, score) of every answered, graded sample: what
+        pairing a run with another needs, without texts."""
+        q = select(samples.c.task, samples.c.doc_id, samples.c.doc_hash, samples.c.prompt_hash,
+                   grades.c.score).select_from(samples.join(grades, and_(
+                       grades.c.run_id == samples.c.run_id, grades.c.task == samples.c.task,
+                       grades.c.doc_id == samples.c.doc_id, grades.c.repeat == samples.c.repeat))).where(
+            samples.c.run_id == run_id, samples.c.error.is_(None))
+        with self.engine.connect() as c:
+            return [tuple(r) for r in c.execute(q)]
+
     def iter_samples(self, run_id: str, batch: int = 200) -> Iterator[dict[str, Any]]:
         """Every sample of a run with its grade (`grader`, `score`, `passed`, `grade_details`;
         None when it has none), in key order, a batch at a time rather than all at once."""
