@@ -27,6 +27,7 @@ from dsparity.cli.base import (
     Suite,
     TaskNames,
     app,
+    command_choices,
     console,
     existing_store,
     load_selected_tasks,
@@ -55,7 +56,8 @@ def run(
     spec = parse_spec(model, source="--model")
     task_specs = load_selected_tasks(suite, tasks, limit, include, size)
     settings = RunSettings(suite=suite or tasks or DEFAULT_SUITE, limit=limit, repeats=repeats,
-                           seed=seed, fresh=fresh, budget=budget, prices=load_prices(prices))
+                           seed=seed, fresh=fresh, budget=budget, prices=load_prices(prices),
+                           command=command_choices(suite, tasks, include, size, budget, prices))
 
     async def go():
         from dsparity.evals.backends import make_backend
@@ -114,7 +116,8 @@ def compare(
     task_specs = load_selected_tasks(suite, tasks, limit, include, size)
     with served_default(console.print) if base_spec is None else contextlib.nullcontext(base_spec) as served:
         settings = RunSettings(suite=suite or tasks or DEFAULT_SUITE, limit=limit,
-                               repeats=repeats, seed=seed, budget=budget, prices=load_prices(prices))
+                               repeats=repeats, seed=seed, budget=budget, prices=load_prices(prices),
+                               command=command_choices(suite, tasks, include, size, budget, prices))
         verdicts = asyncio.run(_compare(cand_specs, served, task_specs, settings, db, margin, out_dir,
                                         on_ready=lambda: _print_power(task_specs, margin)))
     if fail_on is not None and any(fails(v, fail_on.value) for v in verdicts):

@@ -390,7 +390,12 @@ def _compare(store, job: JobSpec, log, show_progress: bool):
                             limit=job.limit, include=job.include, size=job.size)
     settings = RunSettings(suite=",".join(job.suites or job.tasks or ["smoke"]), limit=job.limit,
                            repeats=job.repeats, seed=job.seed, fresh=True, budget=job.budget,
-                           prices=load_prices(job.prices))
+                           prices=load_prices(job.prices), command={
+                               "suite": ",".join(job.suites) if job.suites else None if job.tasks
+                               else "smoke",
+                               "tasks": ",".join(job.tasks) if job.tasks else None,
+                               "include": [str(p) for p in job.include or []], "size": job.size,
+                               "budget": job.budget, "prices": str(job.prices) if job.prices else None})
     run_store = store if job.cache else FreshAnswers(store)
     if job.baseline:
         served = contextlib.nullcontext(parse_spec(job.baseline, source=f"job {job.name}: baseline"))

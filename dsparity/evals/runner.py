@@ -40,6 +40,10 @@ class RunSettings:
     fresh: bool = False  # a new run even if an identical one exists
     budget: float | None = None  # stop sending once the run has cost this much
     prices: dict[str, Price] = field(default_factory=lambda: dict(BUILTIN_PRICES))
+    # How the command chose what it ran beyond the above (--suite / --tasks as typed, --include,
+    # --size, --budget, --prices): kept with the run for the report's reproduce line, not part of
+    # what identifies the run.
+    command: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """What identifies the run (the budget does not: raising it continues the same run)."""
@@ -126,7 +130,8 @@ def _open_run(store: Store, spec: ModelSpec, backend: Backend, tasks: list[TaskS
         run_key.hexdigest(),
         model_spec=spec.text, label=spec.label, identity=backend.identity, suite=settings.suite,
         tasks=task_info,
-        settings=settings.to_dict() | {"price": {"name": price[0], **price[1].to_dict()} if price else None},
+        settings=settings.to_dict() | {"price": {"name": price[0], **price[1].to_dict()} if price else None,
+                                       "command": settings.command},
         provenance=provenance.collect() | {"seed": settings.seed})
 
 
