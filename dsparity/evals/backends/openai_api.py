@@ -9,6 +9,7 @@ HTTP over pooled keep-alive connections (backends/http.py), not the openai clien
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import time
@@ -236,18 +237,20 @@ class OpenAIBackend:
     async def _stream(self, replica: _Replica, request: Request) -> Completion:
         body = self._params(request) | {"stream": True, "stream_options": {"include_usage": True}}
         text, reasoning, finish, usage = [], [], None, Usage()
-        async for chunk in replica.http.stream("/chat/completions", body):
-            if chunk.get("error"):  # a server that fails mid-stream says so in an event
-                raise _Incomplete(f"stream error: {chunk['error']}")
-            if chunk.get("usage"):
-                usage = _usage(chunk["usage"])
-            for choice in chunk.get("choices") or ():
-                delta = choice.get("delta") or {}
-                if delta.get("content"):
-                    text.append(_text(delta["content"]))
-                if part := delta.get("reasoning_content"):
-                    reasoning.append(_text(part))
-                finish = choice.get("finish_reason") or finish
+        # aclosing: a stream left early (a bad event) gives its connection back at once
+        async with contextlib.aclosing(replica.http.stream("/chat/completions", body)) as events:
+            async for chunk in events:
+                if chunk.get("error"):  # a server that fails mid-stream says so in an event
+                    raise _Incomplete(f"stream error: {chunk['error']}")
+                if chunk.get("usage"):
+                    usage = _usage(chunk["usage"])
+                for choice in chunk.get("choices") or ():
+                    delta = choice.get("delta") or {}
+                    if delta.get("content"):
+                        text.append(_text(delta["content"]))
+                    if part := delta.get("reasoning_content"):
+                        reasoning.append(_text(part))
+                    finish = choice.get("finish_reason") or finish
         if finish is None:
             raise _Incomplete("stream ended without a finish reason")
         return Completion(text="".join(text), reasoning="".join(reasoning), finish_reason=finish,
