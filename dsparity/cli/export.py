@@ -22,8 +22,8 @@ def export(
     run_id: Annotated[str, typer.Argument(help="Run id (a unique prefix will do)")],
     fmt: Annotated[ExportFormat, typer.Option("--format", help="File format")] = ExportFormat.jsonl,
     out: Annotated[Path | None, typer.Option(
-        "--out", help="File to write, - for standard output (jsonl) [default: "
-                      "results/exports/run-RUN.FORMAT]")] = None,
+        "--out", help="File to write, - for standard output (jsonl); by default "
+                      "results/exports/run-RUN.FORMAT")] = None,
     db: Db = None,
 ) -> None:
     """Write a run's samples, one row each: lm-eval's per-sample fields (doc_id, doc, target,

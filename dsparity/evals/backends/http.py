@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import httpx
 
 ERROR_CHARS = 300  # of a server's error message kept with a StatusError
 
@@ -57,9 +58,12 @@ class JSONEndpoint:
     def _open(self) -> aiohttp.ClientSession:
         loop = asyncio.get_running_loop()
         if self._session is None or self._session.closed or self._loop is not loop:
+            # Certificates trusted as the openai client trusted them (httpx's context: certifi,
+            # or SSL_CERT_FILE / SSL_CERT_DIR when set); plain http needs none.
+            tls = httpx.create_ssl_context() if self.base_url.startswith("https:") else True
             self._session = aiohttp.ClientSession(
                 headers=self._headers, timeout=self._timeout, auto_decompress=True,
-                connector=aiohttp.TCPConnector(limit=self._connections, ttl_dns_cache=300))
+                connector=aiohttp.TCPConnector(limit=self._connections, ttl_dns_cache=300, ssl=tls))
             self._loop = loop
         return self._session
 
