@@ -109,6 +109,8 @@ def test_trend_chart_marks_the_planted_drift_only(seeded):
     "/comparisons/..%2f..%2fetc%2fpasswd",
     "/comparisons/..%2f..%2fetc%2fpasswd/samples",
     "/runs/%2e%2e",
+    "/runs/%2e%2e/samples",
+    "/runs/..%2f..%2fetc%2fpasswd/samples",
     "/jobs/..",
     "/jobs/../../etc/passwd",
     "/static/../../store.py",
@@ -166,8 +168,9 @@ def test_pages_in_chromium_are_quiet_offline_and_filters_work(seeded, dashboard)
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.on("request", lambda r: outside.append(r.url) if not r.url.startswith(dashboard) else None)
         page.on("dialog", lambda d: (errors.append("dialog: " + d.message), d.dismiss()))
+        cand_run = seeded["comparison"]["candidate"]["id"]  # its item 0 answered HOSTILE
         for path in ("/", "/jobs", "/jobs/nightly", f"/comparisons/{cid}", f"/comparisons/{cid}/samples",
-                     f"/runs/{seeded['comparison']['candidate']['id']}"):
+                     f"/runs/{cand_run}", f"/runs/{cand_run}/samples"):
             response = page.goto(dashboard + path)
             assert response.status == 200, path
             for summary in page.locator("summary").all()[:20]:

@@ -31,6 +31,7 @@ from dsparity.cli.base import (
     Temperature,
     TopP,
     app,
+    command_choices,
     console,
     existing_store,
     load_selected_tasks,
@@ -61,7 +62,8 @@ def run(
     task_specs = load_selected_tasks(suite, tasks, limit, include, size)
     settings = RunSettings(suite=suite or tasks or DEFAULT_SUITE, limit=limit, repeats=repeats,
                            seed=seed, temperature=temperature, top_p=top_p, fresh=fresh,
-                           cache=not no_cache, judge=judge, budget=budget, prices=load_prices(prices))
+                           cache=not no_cache, judge=judge, budget=budget, prices=load_prices(prices),
+                           command=command_choices(suite, tasks, include, size, budget, prices))
     _note_sampling(settings)
 
     async def go():
@@ -144,7 +146,8 @@ def compare(
     task_specs = load_selected_tasks(suite, tasks, limit, include, size)
     settings = RunSettings(suite=suite or tasks or DEFAULT_SUITE, limit=limit, repeats=repeats,
                            seed=seed, temperature=temperature, top_p=top_p, fresh=fresh,
-                           cache=not no_cache, judge=judge, budget=budget, prices=load_prices(prices))
+                           cache=not no_cache, judge=judge, budget=budget, prices=load_prices(prices),
+                           command=command_choices(suite, tasks, include, size, budget, prices))
     _note_sampling(settings)
     with served_default(console.print) if base_spec is None else contextlib.nullcontext(base_spec) as served:
         verdicts = asyncio.run(_compare(cand_specs, served, task_specs, settings, db, margin, out_dir,
@@ -391,13 +394,19 @@ def _preflight_judges(run: dict, judge: str | None, *, grading: bool = True, pai
 
 @app.command()
 def runs(db: Db = None) -> None:
-    """List stored runs."""
+    """List stored runs: samples stored (errors among them) against those the run plans."""
     store = existing_store(db)
+    counts = store.sample_counts()
     table = Table()
-    for col in ("run", "model", "suite", "status", "samples", "created"):
-        table.add_column(col)
+    for col in ("run", "model", "suite", "status", "samples", "errors", "planned", "created"):
+        number = col in ("samples", "errors", "planned")
+        table.add_column(col, justify="right" if number else "left", no_wrap=number or col == "run",
+                         min_width=12 if col == "run" else None,  # ids get copied whole
+                         overflow="fold")  # a narrow terminal folds labels rather than cutting them
     for r in store.list_runs():
-        table.add_row(r["id"], r["label"], r["suite"], r["status"],
-                      str(sum(t["n_items"] for t in r["tasks"].values())),
+        stored, errors = counts.get(r["id"], (0, 0))
+        planned = sum(int(t.get("n_items") or 0) for t in r["tasks"].values()) * \
+            int((r["settings"] or {}).get("repeats") or 1)
+        table.add_row(r["id"], r["label"], r["suite"], r["status"], str(stored), str(errors), str(planned),
                       time.strftime("%Y-%m-%d %H:%M", time.localtime(r["created_at"])))
     out.print(table)

@@ -17,6 +17,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from dsparity.evals.report.charts import cost_svg, fidelity_svg, forest_plot_svg
 from dsparity.evals.specs import SERVED_DEFAULT_LABEL
+from dsparity.redact import redact
 
 VERDICT_WORDS = {
     "equivalent": "equivalent within the margin",
@@ -98,18 +99,32 @@ def heat_color(value: float, diverging: bool = False) -> str:
 
 
 def reproduce_command(comparison: dict[str, Any]) -> str:
+    """The `dsparity compare` command that makes this comparison again: every setting the runs
+    recorded, as flags (model specs with any secret masked). Where to write (--db, --out) and the
+    CI gate (--fail-on) are the reader's own choice."""
     c, b = comparison["candidate"], comparison["baseline"]
     settings = c["settings"]
-    parts = ["dsparity", "compare", "--candidate", c["model_spec"]]
+    command = settings.get("command") or {}
+    parts = ["dsparity", "compare", "--candidate", redact(c["model_spec"])]
     if b["label"] != SERVED_DEFAULT_LABEL:  # else the command serves the baseline itself
-        parts += ["--baseline", b["model_spec"]]
-    parts += ["--suite", settings["suite"]]
-    if not comparison.get("margins_from_tasks"):
-        parts += ["--margin", str(comparison["margin"])]
-    if settings.get("limit"):
-        parts += ["--limit", str(settings["limit"])]
-    if settings.get("repeats", 1) != 1:
-        parts += ["--repeats", str(settings["repeats"])]
+        parts += ["--baseline", redact(b["model_spec"])]
+    if command:
+        if command.get("suite") or not command.get("tasks"):
+            parts += ["--suite", command.get("suite") or settings["suite"]]
+        if command.get("tasks"):
+            parts += ["--tasks", command["tasks"]]
+        for folder in command.get("include") or []:
+            parts += ["--include", folder]
+    else:  # a run recorded before its command was: the suite names what ran
+        parts += ["--suite", settings["suite"]]
+    flags = [("--size", command.get("size")), ("--limit", settings.get("limit")),
+             ("--repeats", settings.get("repeats") if settings.get("repeats", 1) != 1 else None),
+             ("--seed", settings.get("seed") or None), ("--temperature", settings.get("temperature")),
+             ("--margin", None if comparison.get("margins_from_tasks") else comparison["margin"]),
+             ("--budget", command.get("budget")), ("--prices", command.get("prices"))]
+    for flag, value in flags:
+        if value is not None:
+            parts += [flag, str(value)]
     return shlex.join(parts)
 
 
