@@ -13,8 +13,9 @@ from tasks_helpers import cli
 from dsparity.cli import app
 from dsparity.evals.report import reproduce_command
 
-# Flags the line leaves to whoever runs it again: where results and reports go, and the CI gate.
-NOT_REPRODUCED = {"db", "out_dir", "fail_on"}
+# Flags the line leaves to whoever runs it again: where results and reports go, the CI gate, and
+# whether to start a new run or resume the stored one.
+NOT_REPRODUCED = {"db", "out_dir", "fail_on", "fresh"}
 
 
 def compare_params(args: list[str]) -> dict:
@@ -33,7 +34,9 @@ def test_the_reproduce_line_parses_back_to_the_same_settings(tmp_path):
         args = ["--candidate", f"openai:scripted@{cand.base_url}?label=cand&price=scripted",
                 "--baseline", f"openai:scripted@{base.base_url}?label=base", "--tasks", "bulk",
                 "--include", str(folder.parent), "--size", "3", "--seed", "7", "--limit", "6",
-                "--margin", "0.1", "--repeats", "2", "--budget", "5", "--prices", str(prices)]
+                "--margin", "0.1", "--repeats", "2", "--budget", "5", "--prices", str(prices),
+                "--temperature", "0.5", "--top-p", "0.9", "--no-cache",
+                "--judge", f"openai:scripted@{base.base_url}?label=judge"]
         code, out, err = cli("compare", *args, "--db", f"sqlite:///{tmp_path / 'r.db'}",
                              "--out", str(tmp_path / "reports"))
     assert code == 0, err

@@ -120,11 +120,15 @@ def reproduce_command(comparison: dict[str, Any]) -> str:
     flags = [("--size", command.get("size")), ("--limit", settings.get("limit")),
              ("--repeats", settings.get("repeats") if settings.get("repeats", 1) != 1 else None),
              ("--seed", settings.get("seed") or None), ("--temperature", settings.get("temperature")),
+             ("--top-p", settings.get("top_p")),
+             ("--judge", redact(settings["judge"]) if settings.get("judge") else None),
              ("--margin", None if comparison.get("margins_from_tasks") else comparison["margin"]),
              ("--budget", command.get("budget")), ("--prices", command.get("prices"))]
     for flag, value in flags:
         if value is not None:
             parts += [flag, str(value)]
+    if settings.get("cache") is False:  # asked the models again; --fresh (a new run or the
+        parts.append("--no-cache")       # stored one) is the reader's choice, like --db
     return shlex.join(parts)
 
 
