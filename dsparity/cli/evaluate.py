@@ -237,13 +237,17 @@ def _modes_recall(store, cand_specs, comparisons, prompts: int = 2) -> dict[str,
     return recall
 
 def _print_modes(section: dict) -> None:
-    table = Table(title=f"side by side against {section['baseline']['label']}")
+    from dsparity.evals.report import score_text
+
+    table = Table(title=f"side by side against {section['baseline']['label']}", caption="scores in %; "
+                  "fidelity rows: mean log-prob per token (nats)")
     table.add_column("task")
     table.add_column("baseline")
-    for col in section["columns"]:
-        table.add_column(f"{col['label']}\n{col['mode']}" + (f" k={col['topk']}" if col["topk"] else ""))
+    for col in section["columns"]:  # the mode names the column; labels are in the reports
+        table.add_column(col["mode"] + (f" k={col['topk']}" if col["topk"] else ""))
     for row in section["tasks"]:
-        table.add_row(row["task"], pct(row["baseline"]), *[pct(v) for v in row["modes"]])
+        table.add_row(row["task"], score_text(row["baseline"], row["unit"]),
+                      *[score_text(v, row["unit"]) for v in row["modes"]])
     table.add_row("verdict", "", *[c["verdict"] for c in section["columns"]])
     table.add_row("recall", "", *["n/a" if c["recall"] is None else f"{c['recall']:.3f}"
                                   for c in section["columns"]])

@@ -34,6 +34,7 @@ def _env() -> Environment:
                       trim_blocks=True, lstrip_blocks=True)
     env.filters["pct"] = lambda v: "n/a" if v is None else f"{100 * v:+.1f}"
     env.filters["pct0"] = lambda v: "n/a" if v is None else f"{100 * v:.1f}"
+    env.filters["score"] = score_text
     env.filters["p"] = lambda v: "n/a" if v is None else (f"{v:.3f}" if v >= 0.001 else "<0.001")
     env.filters["ci"] = lambda c: "n/a" if not c or c[0] is None else \
         f"[{100 * c[0]:+.1f}, {100 * c[1]:+.1f}]"
@@ -96,6 +97,15 @@ def heat_color(value: float, diverging: bool = False) -> str:
         v = max(-1.0, min(1.0, value))
         return f"hsl({210 if v >= 0 else 0}, 70%, {100 - 45 * abs(v):.0f}%)"
     return f"hsl({120 * max(0.0, min(1.0, value)):.0f}, 65%, 78%)"
+
+
+def score_text(v: float | None, unit: str = "points", *, signed: bool = False) -> str:
+    """A task row's score as the report shows it: percent for scores, nats for fidelity rows."""
+    if v is None:
+        return "n/a"
+    if unit != "points":
+        return f"{v:+.3f}" if signed else f"{v:.3f}"
+    return f"{100 * v:+.1f}" if signed else f"{100 * v:.1f}"
 
 
 def reproduce_command(comparison: dict[str, Any]) -> str:
