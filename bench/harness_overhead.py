@@ -67,7 +67,7 @@ def timed(fn) -> tuple[float, float]:
 def run_dsparity(base_url: str, n: int, concurrency: int, workdir: Path) -> tuple[float, float]:
     from dsparity.evals.runner import RunSettings, execute_run
     from dsparity.evals.specs import parse_spec
-    from dsparity.evals.store import Store
+    from dsparity.evals.storage.store import Store
     from dsparity.evals.tasks import load_tasks
 
     tasks = load_tasks(names=["bulk"], include=[make_tasks(workdir, n)])

@@ -12,12 +12,12 @@ from loopback import ServerThread
 from task_folders import TASK_YAML, write_task
 
 from dsparity.evals.backends.local import LocalBackend
-from dsparity.evals.compare import compare_runs
+from dsparity.evals.comparison.pairing import compare_runs
 from dsparity.evals.report import render
 from dsparity.evals.runner import RunSettings, execute_run
 from dsparity.evals.serving.server import ServeLimits, create_app
 from dsparity.evals.specs import parse_spec
-from dsparity.evals.store import Store
+from dsparity.evals.storage.store import Store
 from dsparity.evals.tasks import load_tasks
 
 CONTEXT = 96  # positions of the tiny model: a byte tokenizer, so about one token per character

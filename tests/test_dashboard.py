@@ -13,12 +13,12 @@ import pytest
 from loopback import ServerThread, scripted_app
 from task_folders import make_suite
 
-from dsparity.evals.compare import compare_runs
+from dsparity.evals.comparison.pairing import compare_runs
 from dsparity.evals.dashboard import create_app, pair_samples, trend_svg
 from dsparity.evals.jobs import JobSpec, run_job
 from dsparity.evals.runner import RunSettings, execute_run
 from dsparity.evals.specs import parse_spec
-from dsparity.evals.store import Store
+from dsparity.evals.storage.store import Store
 from dsparity.evals.tasks import load_tasks
 
 N_ITEMS = 12
@@ -220,7 +220,7 @@ def test_trend_marks_revision_changes_and_failed_runs():
 
 def test_judge_reasoning_and_screenshots_come_from_the_grade(tmp_path):
     from dsparity.evals.backends.base import Completion
-    from dsparity.evals.store import SampleKey
+    from dsparity.evals.storage.store import SampleKey
 
     store = Store(f"sqlite:///{tmp_path / 'r.db'}")
     shot = tmp_path / "page.png"

@@ -13,11 +13,11 @@ from loopback import ServerThread
 from test_store_pg import pg_url, url  # noqa: F401 - fixtures: SQLite, and PostgreSQL when set
 
 from dsparity.evals.backends.base import Completion
-from dsparity.evals.compare import compare_runs
+from dsparity.evals.comparison.pairing import compare_runs
 from dsparity.evals.dashboard import create_app
 from dsparity.evals.dashboard.queries import PAGE_ROWS, SAMPLE_ROWS
 from dsparity.evals.dashboard.views import DIFF_CHARS, DIFF_WORK, PAGE_DIFF_WORK, word_diff
-from dsparity.evals.store import SampleKey, Store
+from dsparity.evals.storage.store import SampleKey, Store
 
 LONG = 200_000  # characters per adversarial answer
 

@@ -13,7 +13,7 @@ from task_folders import make_suite
 from tasks_helpers import cli
 
 from dsparity.evals.backends.base import Completion
-from dsparity.evals.store import SampleKey, Store
+from dsparity.evals.storage.store import SampleKey, Store
 
 N = 4
 TASK = """task: plain

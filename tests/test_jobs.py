@@ -21,7 +21,6 @@ from typer.testing import CliRunner
 
 from dsparity.cli import app
 from dsparity.errors import DsparityError
-from dsparity.evals.drift import RunScores
 from dsparity.evals.jobs import (
     EXIT_ALERT,
     EXIT_FAILED,
@@ -32,7 +31,8 @@ from dsparity.evals.jobs import (
     load_job,
     run_due,
 )
-from dsparity.evals.store import Store
+from dsparity.evals.stats.drift import RunScores
+from dsparity.evals.storage.store import Store
 
 PG_URL = os.environ.get("DSPARITY_TEST_PG_URL")
 ROOT = Path(__file__).resolve().parents[1]

@@ -120,7 +120,7 @@ def command_choices(suite: str | None, tasks: str | None, include: list[Path] | 
             "size": size, "budget": budget, "prices": str(Path(prices).resolve()) if prices else None}
 
 def existing_store(db: str | None):
-    from dsparity.evals.store import Store, default_url
+    from dsparity.evals.storage.store import Store, default_url
 
     url = db or default_url()
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():

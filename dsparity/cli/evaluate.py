@@ -39,7 +39,7 @@ from dsparity.cli.base import (
     pct,
 )
 from dsparity.errors import DsparityError
-from dsparity.evals.pricing import load_prices
+from dsparity.evals.accounting.pricing import load_prices
 from dsparity.evals.serving.served import served_default
 from dsparity.evals.specs import DEFAULT_CANDIDATE
 
@@ -56,7 +56,7 @@ def run(
     """Run one model over tasks, store every sample, grade it. Re-running resumes."""
     from dsparity.evals.runner import RunSettings, execute_run
     from dsparity.evals.specs import parse_spec
-    from dsparity.evals.store import Store
+    from dsparity.evals.storage.store import Store
 
     spec = parse_spec(model, source="--model")
     task_specs = load_selected_tasks(suite, tasks, limit, include, size)
@@ -94,8 +94,8 @@ def _note_sampling(settings) -> None:
                       "pass e.g. --temperature 0.8 for independent draws and pass@k", soft_wrap=True)
 
 def _print_run(result, db, settings) -> None:
-    from dsparity.evals.pass_rates import describe, pass_at_k_by_task
-    from dsparity.evals.store import Store
+    from dsparity.evals.stats.pass_rates import describe, pass_at_k_by_task
+    from dsparity.evals.storage.store import Store
 
     verb = "resumed" if result.resumed else "created"
     out.print(f"run {result.run_id} ({verb}): {result.sent} requests sent, {result.from_cache} from "
@@ -162,7 +162,7 @@ def fails(verdict: str, level: str) -> bool:
 
 def _print_power(task_specs, margin) -> None:
     """Before anything is sent: what each task can resolve, and a warning where it cannot decide."""
-    from dsparity.evals.power import plan
+    from dsparity.evals.stats.power import plan
 
     for row in plan(task_specs, margin=margin):
         if row.warning:
@@ -176,8 +176,8 @@ async def _compare(cand_specs, base_spec, task_specs, settings, db, margin, out_
                    on_ready=None) -> list[str]:
     """One comparison per candidate against the same baseline (its run resumes, never re-asks);
     with several candidates the first report gains the side-by-side section (report/modes.py)."""
-    from dsparity.evals.comparison_flow import run_comparison
-    from dsparity.evals.store import Store
+    from dsparity.evals.comparison.flow import run_comparison
+    from dsparity.evals.storage.store import Store
 
     store = lambda: Store(db)  # noqa: E731  (opened once the first backends pass their preflight)
     comparisons = []
@@ -317,7 +317,7 @@ def comparison_lines(comparison: dict) -> list[str]:
 
 def sampling_lines(comparison: dict) -> list[str]:
     """pass@k per task (several draws per item) and answers left ungraded by the judge."""
-    from dsparity.evals.pass_rates import describe
+    from dsparity.evals.stats.pass_rates import describe
 
     lines = [f"{t['task']}: candidate {describe(t['pass_at_k']['candidate'])}; "
              f"baseline {describe(t['pass_at_k']['baseline'])}"
@@ -344,7 +344,7 @@ def report(
     margin: Margin = None, db: Db = None, out_dir: OutDir = Path("results/reports"), judge: Judge = None,
 ) -> None:
     """Re-make a comparison from two stored runs (e.g. with a new margin) without re-running."""
-    from dsparity.evals.compare import compare_runs
+    from dsparity.evals.comparison.pairing import compare_runs
 
     store = existing_store(db)
     _preflight_judges(store.run(candidate_run), judge, grading=False, pairwise=True)

@@ -29,7 +29,7 @@ def export(
     """Write a run's samples, one row each: lm-eval's per-sample fields (doc_id, doc, target,
     arguments, resps, filtered_resps, metric values) and dsparity's (task, repeat, grade, error,
     tokens, latency, model spec). Secrets are masked."""
-    from dsparity.evals.export import write
+    from dsparity.evals.storage.export import write
 
     store = existing_store(db)
     run_id = store.run(run_id)["id"]  # an unknown id: one line, before any file is made

@@ -36,7 +36,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 
 from dsparity.errors import DsparityError
-from dsparity.evals.drift import detect_drift, run_scores
+from dsparity.evals.stats.drift import detect_drift, run_scores
 from dsparity.redact import redact, redact_obj, secret
 
 EXIT_OK, EXIT_ALERT, EXIT_FAILED = 0, 1, 4
@@ -379,8 +379,8 @@ def _execute(store, job: JobSpec, jid: str, log, show_progress: bool, heartbeat:
 
 
 def _compare(store, job: JobSpec, log, show_progress: bool):
-    from dsparity.evals.comparison_flow import FreshAnswers, run_comparison
-    from dsparity.evals.pricing import load_prices
+    from dsparity.evals.accounting.pricing import load_prices
+    from dsparity.evals.comparison.flow import FreshAnswers, run_comparison
     from dsparity.evals.runner import RunSettings
     from dsparity.evals.specs import parse_spec
     from dsparity.evals.tasks import load_tasks

@@ -17,17 +17,17 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from dsparity.errors import DsparityError
-from dsparity.evals import context_fit, provenance
-from dsparity.evals.backends import Backend, identity_key, make_backend
+from dsparity.evals import provenance
+from dsparity.evals.accounting.pricing import BUILTIN_PRICES, Price, price_for
+from dsparity.evals.backends import Backend, context_fit, identity_key, make_backend
 from dsparity.evals.backends.base import Request, ScoreRequest
 from dsparity.evals.graders import GradeInput, get_grader
 from dsparity.evals.graders.base import GradeUnavailable
 from dsparity.evals.logprobs import describe
-from dsparity.evals.pricing import BUILTIN_PRICES, Price, price_for
 from dsparity.evals.specs import ModelSpec
-from dsparity.evals.store import SampleKey, SampleRecord, Store
+from dsparity.evals.storage.store import SampleKey, SampleRecord, Store
+from dsparity.evals.storage.writer import GroupWriter
 from dsparity.evals.tasks import TaskItem, TaskSpec
-from dsparity.evals.writer import GroupWriter
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import pytest
 from task_folders import TASK_YAML, write_task
 
 from dsparity import cli
-from dsparity.evals.store import Store
+from dsparity.evals.storage.store import Store
 
 TASK_FILES = {
     "bad_yaml": ("task: [unclosed\n", "not valid YAML"),

@@ -38,7 +38,7 @@ from dsparity.evals.dashboard.views import (
 from dsparity.evals.report import _env as report_env
 from dsparity.evals.report import reproduce_command
 from dsparity.evals.report.charts import forest_plot_svg
-from dsparity.evals.store import Store
+from dsparity.evals.storage.store import Store
 from dsparity.redact import redact
 
 STATIC = Path(__file__).parent / "static"

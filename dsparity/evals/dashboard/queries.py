@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import Text, case, cast, func, or_, select, tuple_
 
 from dsparity.evals.logprobs import prompt_of
-from dsparity.evals.store import Store, comparisons, grades, job_runs, jobs, runs, samples
+from dsparity.evals.storage.store import Store, comparisons, grades, job_runs, jobs, runs, samples
 
 PAGE_ROWS = 50  # comparisons, runs and job runs per page
 SAMPLE_ROWS = 25  # samples per page (each shows two answers, their grades and a word diff)

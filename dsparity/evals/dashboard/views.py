@@ -12,7 +12,7 @@ from typing import Any
 
 from dsparity.evals.dashboard import queries
 from dsparity.evals.logprobs import prompt_of
-from dsparity.evals.store import Store
+from dsparity.evals.storage.store import Store
 
 FILTERS = ("all", "disagreements", "regressions", "errors")
 DIFF_CHARS = 4000  # longer answers are diffed on their first characters only (as many as shown)...

@@ -1,6 +1,6 @@
 """Reports: JSON for machines, Markdown for pull requests and chat, one self-contained HTML file.
 
-All three render the same comparison dict (see `dsparity.evals.compare.compare_runs`) through
+All three render the same comparison dict (see `dsparity.evals.comparison.pairing.compare_runs`) through
 one template set; model output is always escaped (jinja2 autoescape) and nothing is loaded from
 outside the file.
 """

@@ -24,7 +24,7 @@ from typing import IO, Any
 
 from dsparity.errors import DsparityError
 from dsparity.evals.logprobs import prompt_of
-from dsparity.evals.store import Store
+from dsparity.evals.storage.store import Store
 from dsparity.redact import redact_obj, secret
 
 FORMATS = ("jsonl", "parquet")
