@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,6 +65,11 @@ def scripted_oracle(answers: dict[str, str]):
         if "Reply with one JSON object" in prompt:  # a judge request
             if '"verdict"' in prompt:
                 return json.dumps({"verdict": "tie", "reason": "scripted"})
+            if '{"items"' in prompt:  # a checklist: one yes per numbered item
+                listing = prompt.rsplit("## Checklist", 1)[1]
+                n = len(re.findall(r"^\d+\. ", listing, flags=re.M))
+                return json.dumps({"items": [{"item": str(i + 1), "ok": True, "reason": "scripted"}
+                                             for i in range(n)]})
             return json.dumps({"score": 7, "reason": "scripted"})
         return answers.get(prompt, "I do not know.")
 

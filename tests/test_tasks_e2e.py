@@ -64,7 +64,9 @@ def test_all_offline_suites_run_with_limit_2(tmp_path, byte_tok, monkeypatch):
         grades = c.execute("select task, doc_id, grader, score, details from grades").fetchall()
     assert len(samples) == 2 * len(tasks) and all(s[2] is None for s in samples)
     assert {s[0] for s in samples} == set(graders)
-    assert len(grades) == len(samples)
+    with sqlite3.connect(db) as c:
+        grade_errors = c.execute("select * from grade_errors").fetchall()
+    assert len(grades) == len(samples), grade_errors
     for task, doc_id, grader, score, details in grades:
         assert grader == graders[task]
         if grader in EXACTLY_GRADABLE:  # the scripted reference answers pass their checkers
