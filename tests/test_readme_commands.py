@@ -1,0 +1,301 @@
+"""Every command in the README runs as written (issue #20).
+
+The commands are read from README.md and tasks/README.md when the tests run (readme_commands.py).
+Each `dsparity` command is parsed by the real command tree: its subcommands and options exist,
+values convert and pass their checks, model specs and store URLs parse, suites and tasks exist,
+job files load. The cheap ones then run for real against a temporary store that holds two runs
+of a tiny model (so `grade RUN` and `report CANDIDATE_RUN BASELINE_RUN` have runs to work on).
+The lm-eval commands are parsed by lm-eval's own CLI and their `--model_args` by the dsparity
+models. Other programs are not run, but every scripts/, bench/ and .ci/ path the docs name must
+exist with the arguments given to it. Under `-m slow` the README's local model run and its
+dsparity-local lm-eval command (with `--limit 2` and lm-eval's default `--device`) run for real.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from contextlib import chdir
+from pathlib import Path
+
+import pytest
+from readme_commands import REPO, Command, doc_commands, fenced_blocks, split_commands, tool_paths
+from tasks_helpers import fast_env, real_tokenizer_dir
+
+COMMANDS = doc_commands()
+DSPARITY = [c for c in COMMANDS if c.tool == "dsparity"]
+LM_EVAL_CLI = "python -m dsparity.evals.lm_eval_cli"
+LM_EVAL = [c for c in COMMANDS if c.tool == LM_EVAL_CLI]
+
+# Programs the docs show that these tests do not run, and why.
+NOT_RUN = {
+    "python -m pytest": "the test command itself",
+    "export": "sets a variable for the commands after it",
+    "cd": "moves to a deployment folder",
+    "vllm": "serves DeepSeek-V3.2-Exp on 8 GPUs",
+    "python -m sglang.launch_server": "serves DeepSeek-V3.2-Exp on 8 GPUs",
+    "hf": "downloads from the Hugging Face hub",
+    "modelscope": "downloads from ModelScope",
+    "pip": "installs packages",
+}
+# Placeholders in the docs -> plausible values for parsing. Run ids are filled in from the
+# temporary store when a command runs for real.
+PLACEHOLDERS = {
+    "SPEC": "local:smollm2-135m-instruct",
+    "RUN": "{run}",
+    "CANDIDATE_RUN": "{run}",
+    "BASELINE_RUN": "{baseline_run}",
+    "FILE.yaml": "prices.yaml",
+    "[NAME]": "nightly-api",  # `jobs history [NAME]`: the README's own job
+    "NAME": "smoke_arithmetic",  # `tasks show NAME`
+    "/jobs": "jobs",  # the CronJob's mounted job folder: the README's job folder here
+}
+PLACEHOLDER = re.compile(r"^(\[.*\]|\.\.\.|[A-Z][A-Z_]*(\.[a-z]+)?)$")
+# Commands whose --model is a model spec (warmup, convert and cost-curve take a name or folder).
+SPEC_MODEL = {("run",), ("serve",)}
+# dsparity commands cheap enough to run for real here. The rest are parsed only: generation
+# (run, compare), servers (serve, dashboard), jobs that call their endpoints, warm-up, cost
+# curves, and `tasks validate`, which builds every task (~20 s of CPU; test_tasks_malformed runs
+# it over the built-in folders and expects no problem in them).
+RUN_HERE = {("tasks", "list"), ("tasks", "show"), ("runs",), ("grade",), ("report",),
+            ("jobs", "history")}
+
+
+def _id(command: Command) -> str:
+    return f"{command.where} {' '.join(command.words[1:4])}"
+
+
+def substituted(command: Command, **runs: str) -> list[str]:
+    """The command's arguments after `dsparity` with placeholders replaced."""
+    words = []
+    for word in command.words[1:]:
+        if word in PLACEHOLDERS:
+            word = PLACEHOLDERS[word].format(run=runs.get("run", "0123456789ab"),
+                                             baseline_run=runs.get("baseline_run", "ba5e11e0ba5e"))
+        elif PLACEHOLDER.match(word) and not word.isdigit():
+            pytest.fail(f"{command.where}: `{command.text}`: placeholder {word!r} has no value in "
+                        "PLACEHOLDERS (add one, or write a runnable value)")
+        words.append(word)
+    return words
+
+
+def parse_dsparity(args: list[str]):
+    """Parse `dsparity ARGS` as the CLI does, down to the leaf command; return its context."""
+    import typer.main
+
+    from dsparity.cli import app
+
+    command = typer.main.get_command(app)
+    ctx = command.make_context("dsparity", list(args))
+    while hasattr(command, "commands"):
+        name, command, rest = command.resolve_command(ctx, [*ctx._protected_args, *ctx.args])
+        ctx = command.make_context(name, rest, parent=ctx)
+    return ctx
+
+
+def chain(ctx) -> tuple[str, ...]:
+    return tuple(ctx.command_path.split()[1:])
+
+
+def check_values(ctx, env: dict[str, str]) -> None:
+    """What the options hold: model specs, store URLs, suites and tasks, job files."""
+    from sqlalchemy.engine import make_url
+
+    from dsparity.cli.base import split_list
+    from dsparity.evals import jobs, tasks
+    from dsparity.evals.specs import parse_spec
+
+    params = ctx.params
+    spec_keys = ("candidate", "baseline", "judge") + (("model",) if chain(ctx) in SPEC_MODEL else ())
+    for key in spec_keys:
+        value = params.get(key)
+        for spec in [value] if isinstance(value, str) else value or []:
+            parse_spec(spec, source=f"--{key}")
+    for url in (params.get("db"), env.get("DSPARITY_DB")):
+        if url:
+            make_url(url)
+    names = split_list(params.get("tasks")) or ([params["name"]] if chain(ctx) == ("tasks", "show")
+                                                else None)
+    if params.get("suite") or names:
+        tasks.select(*tasks.scan([tasks.BUILTIN_TASKS]), suites=split_list(params.get("suite")),
+                     names=names)
+    if params.get("file"):
+        jobs.load_job(params["file"])
+    if params.get("folder"):
+        found, problems = jobs.load_dir(params["folder"])
+        assert found and not problems, [p.line() for p in problems]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    """A current folder holding the README's job files (`# jobs/NAME.yaml` blocks), so that job
+    commands name real files, and taking what commands write (reports)."""
+    root = tmp_path_factory.mktemp("readme-cwd")
+    for lang, _, lines in fenced_blocks(REPO / "README.md"):
+        head = re.match(r"#\s*(jobs/[\w.-]+\.ya?ml)\s*$", lines[0].strip()) if lines else None
+        if lang == "yaml" and head:
+            path = root / head.group(1)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, workdir) -> dict[str, str]:
+    """Environment of a temporary store holding two smoke runs (a scripted loopback endpoint under
+    two labels), and their ids; generated tasks small, with the embedded model's tokenizer where
+    it is cached."""
+    from loopback import ServerThread, scripted_app
+    from tiny_models import byte_tokenizer
+    from typer.testing import CliRunner
+
+    from dsparity.cli import app
+    from dsparity.evals.store import Store
+
+    tmp = tmp_path_factory.mktemp("readme-store")
+    tokenizer = real_tokenizer_dir()
+    if tokenizer is None:
+        tokenizer = tmp / "tokenizer"
+        byte_tokenizer().save_pretrained(tokenizer)
+        (tokenizer / "config.json").write_text("{}")  # DSPARITY_TOKENIZER wants a model folder
+    env = {"DSPARITY_DB": f"sqlite:///{tmp / 'store.db'}", **fast_env(tmp, tokenizer)}
+    with ServerThread(scripted_app()) as server, chdir(workdir):
+        for label in ("candidate", "baseline"):
+            spec = f"openai:scripted@{server.base_url}?label={label}"
+            done = CliRunner().invoke(app, ["run", "--model", spec, "--suite", "smoke", "--limit", "2"],
+                                      env=env)
+            assert done.exit_code == 0, done.output
+    runs = {r["label"]: r["id"] for r in Store(env["DSPARITY_DB"]).list_runs()}
+    return {**env, "run": runs["candidate"], "baseline_run": runs["baseline"]}
+
+
+def test_the_docs_show_the_commands_this_test_reads():
+    """The reader finds the README's commands (an empty list would pass everything below)."""
+    texts = [c.text for c in DSPARITY]
+    assert len(texts) >= 10
+    assert "dsparity tasks list" in texts
+    assert any("dsparity-local" in c.words for c in LM_EVAL)
+    assert split_commands("x:1", "A=1 dsparity jobs run-due jobs/ --quiet >> log 2>&1 && ls") == [
+        Command("x:1", ("dsparity", "jobs", "run-due", "jobs/", "--quiet"), (("A", "1"),)),
+        Command("x:1", ("ls",))]
+
+
+def test_every_command_is_checked_or_has_a_reason():
+    unknown = [f"{c.where}: `{c.text}`" for c in COMMANDS
+               if c.tool not in ("dsparity", LM_EVAL_CLI, *NOT_RUN)
+               and not c.tool.startswith(("scripts/", "bench/", ".ci/"))]
+    assert not unknown, f"commands this test neither checks nor lists in NOT_RUN: {unknown}"
+
+
+def test_repository_tools_named_in_the_docs_exist_with_their_arguments():
+    missing = [f"{where}: {path}" for where, path in tool_paths() if not (REPO / path).is_file()]
+    assert not missing, f"paths the docs name that do not exist: {missing}"
+    for command in COMMANDS:
+        if command.tool.startswith(("scripts/", "bench/", ".ci/")):
+            text = (REPO / command.tool).read_text()
+            for word in command.words[1:]:
+                assert word in text, f"{command.where}: `{command.text}`: {command.tool} knows no {word!r}"
+
+
+@pytest.mark.parametrize("command", DSPARITY, ids=_id)
+def test_dsparity_command(command: Command, workdir, request):
+    """Parsed by the real CLI; run for real when cheap (exit code 0 against a temporary store)."""
+    args = substituted(command)
+    with chdir(workdir):
+        try:
+            ctx = parse_dsparity(args)
+            check_values(ctx, dict(command.env))
+        except Exception as exc:  # click's usage errors and dsparity's one-line errors alike
+            message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+            pytest.fail(f"{command.where}: `{command.text}` does not parse: {message}")
+    if command.mention or (chain(ctx) not in RUN_HERE and "--help" not in args):
+        return
+    from typer.testing import CliRunner
+
+    from dsparity.cli import app
+
+    env = request.getfixturevalue("store")
+    with chdir(workdir):
+        done = CliRunner().invoke(app, substituted(command, **env), env=env)
+    assert done.exit_code == 0, f"{command.where}: `{command.text}`:\n{done.output}"
+    assert done.stdout.strip()
+
+
+@pytest.mark.parametrize("command", LM_EVAL, ids=_id)
+def test_lm_eval_command_parses(command: Command, monkeypatch):
+    """lm-eval's own parser takes the flags; the dsparity model takes the model args; the tasks
+    exist where the command looks for them."""
+    from lm_eval._cli.harness import HarnessCLI
+    from lm_eval.utils import simple_parse_args_string
+
+    from dsparity.evals import task_registry, tasks
+    from dsparity.evals.lm_eval_bridge import model_args_spec
+
+    monkeypatch.setattr(sys, "argv", ["lm-eval", *command.words[3:]])
+    args = HarnessCLI().parse_args()
+    assert args.model in ("dsparity-local", "dsparity-openai"), command.text
+    model_args = args.model_args  # lm-eval parses key=value lists into a dict itself
+    if isinstance(model_args, str):
+        model_args = simple_parse_args_string(model_args)
+    model_args_spec(args.model.removeprefix("dsparity-"), **model_args)
+    names = args.tasks.split(",") if isinstance(args.tasks, str) else list(args.tasks)
+    if args.include_path:
+        held = tasks.scan([REPO / args.include_path])[0]
+        names = [n for n in names if n not in held]
+    missing = set(names) - set(task_registry.find(names))
+    assert not missing, f"{command.where}: `{command.text}`: no task {sorted(missing)}"
+
+
+LOCAL_RUNS = [c for c in DSPARITY if c.words[1:2] == ("run",) and not c.mention
+              and any(w.startswith("local:") for w in c.words)]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+@pytest.mark.parametrize("command", LOCAL_RUNS, ids=_id)
+def test_readme_local_run_runs(command: Command, workdir, tmp_path):
+    """The README's run of the embedded model, as written, into a temporary store."""
+    from typer.testing import CliRunner
+
+    from dsparity.cli import app
+
+    env = {"DSPARITY_DB": f"sqlite:///{tmp_path / 'store.db'}", "DSPARITY_TASK_CACHE": str(tmp_path)}
+    with chdir(workdir):
+        done = CliRunner().invoke(app, substituted(command), env=env)
+    assert done.exit_code == 0, f"{command.where}: `{command.text}`:\n{done.output}"
+    assert "(created)" in done.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+@pytest.mark.parametrize("command", [c for c in LM_EVAL if "dsparity-local" in c.words], ids=_id)
+def test_readme_lm_eval_local_command_runs(command: Command, tmp_path):
+    """As written plus `--limit 2`, with lm-eval's default device (`cuda:0`, also without CUDA),
+    the embedded model and its warmed-up indexers (first use warms them up: minutes)."""
+    words = [*command.words[3:], *([] if "--limit" in command.words else ["--limit", "2"])]
+    done = subprocess.run([sys.executable, "-m", "dsparity.evals.lm_eval_cli", *words], cwd=REPO,
+                          capture_output=True, text=True, timeout=1700,
+                          env={**os.environ, "DSPARITY_TASK_CACHE": str(tmp_path)})
+    assert done.returncode == 0, f"{command.where}: `{command.text}`:\n{done.stderr[-3000:]}"
+    task = command.words[command.words.index("--tasks") + 1]
+    assert re.search(rf"\|\s*{re.escape(task)}\s*\|", done.stdout), done.stdout[-2000:]
+
+
+def test_the_parser_refuses_what_a_stale_readme_would_say(workdir):
+    """The checks above fail on a renamed flag, a missing subcommand, a bad value or spec key."""
+    from dsparity.evals.specs import parse_spec
+
+    with chdir(workdir):
+        ctx = parse_dsparity(["report", "a", "b", "--margin", "0.03"])
+        assert chain(ctx) == ("report",) and ctx.params["margin"] == 0.03
+        for bad in (["report", "a", "b", "--margn", "0.03"], ["reprot", "a", "b"],
+                    ["report", "a", "b", "--margin", "five"], ["runs", "--dbb", "x"]):
+            with pytest.raises(Exception, match="(?i)no such|valid"):
+                parse_dsparity(bad)
+        with pytest.raises(Exception, match="unknown option"):
+            parse_spec("openai:m@http://127.0.0.1:8000/v1?concurency=32")
+        ctx = parse_dsparity(["run", "--model", "local:x", "--suite", "smoke,nope"])
+        with pytest.raises(Exception, match="no such suite"):
+            check_values(ctx, {})
