@@ -24,7 +24,10 @@ def serve(
     port: Annotated[int, typer.Option(help="Port")] = 8000,
     name: Annotated[str | None, typer.Option(help="Model id clients use [default: the spec]")] = None,
     quiet: Annotated[bool, typer.Option(help="No access log")] = False,
-    max_tokens: Annotated[int, typer.Option(min=1, help="Cap on max_tokens per request")] = 4096,
+    max_tokens: Annotated[int, typer.Option(
+        min=1, help="Cap on new tokens per request (a completions request's prompts together)")] = 4096,
+    max_prompts: Annotated[int, typer.Option(
+        min=1, help="Most prompts in one /v1/completions request")] = 256,
     max_body_mb: Annotated[float, typer.Option(min=0.001, help="Largest request body, MiB")] = 4.0,
     shutdown_timeout: Annotated[float, typer.Option(
         min=0.0, help="On SIGTERM, seconds to finish requests in flight before cancelling them")] = 30.0,
@@ -44,7 +47,7 @@ def serve(
     backend.load()
     console.print(f"serving {spec.text} as {name or spec.text!r} on http://{host}:{port}/v1")
     limits = ServeLimits(max_body_bytes=int(max_body_mb * 1024 * 1024), max_tokens_cap=max_tokens,
-                         shutdown_s=shutdown_timeout)
+                         max_prompts=max_prompts, shutdown_s=shutdown_timeout)
     uvicorn.run(create_app(backend, name or spec.text, limits), host=host, port=port,
                 log_level="warning" if quiet else "info", access_log=not quiet,
                 timeout_graceful_shutdown=shutdown_timeout)

@@ -56,14 +56,41 @@ def exact(sample: GradeInput, settings: dict) -> Grade:
                                  "primary": primary})
 
 
+_WHOLE_NUMBER = re.compile(r"(?<!\d)\d+(?!\d)")
+
+
 @register("needle")
 def needle(sample: GradeInput, settings: dict) -> Grade:
-    """RULER's string-match-all: every expected value appears in the answer."""
+    """RULER's string-match-all: every expected value appears in the answer. Two guards RULER
+    lacks, for the parity question (a sparse model that cannot bind a key to its value may name
+    every value it saw): a value that begins or ends with a digit counts only as a whole number
+    ("91234567" does not hold 1234567), and an answer that also names another number of the same
+    length that the doc's text holds (another key's value) scores 0 (`hedged`)."""
     answer = sample.text.lower()
     values = [v for v in re.split(r"\s*\|\s*", sample.target) if v]
-    found = [v for v in values if v.lower() in answer]
-    score = len(found) / len(values) if values else 0.0
-    return Grade(score, score == 1.0, {"expected": values, "found": found})
+    found = [v for v in values if _holds(answer, v.lower())]
+    shown = "\n".join(v for v in sample.doc.values() if isinstance(v, str))  # prompt, context, ...
+    hedged = _hedged(sample.text, values, shown)
+    score = 0.0 if hedged or not values else len(found) / len(values)
+    return Grade(score, score == 1.0, {"expected": values, "found": found, "hedged": hedged})
+
+
+def _holds(answer: str, value: str) -> bool:
+    head = "(?<!\\d)" if value[0].isdigit() else ""
+    tail = "(?!\\d)" if value[-1].isdigit() else ""
+    return re.search(f"{head}{re.escape(value)}{tail}", answer) is not None
+
+
+def _hedged(answer: str, values: list[str], prompt: str) -> list[str]:
+    """Numbers the answer names besides the expected ones that the prompt showed, with the
+    expected ones' digit count: candidates listed, not one retrieved."""
+    if not values or not all(v.isdigit() for v in values):
+        return []
+    widths = {len(v) for v in values}
+    named = set(_WHOLE_NUMBER.findall(unicodedata.normalize("NFKC", answer))) - set(values)
+    candidates = [n for n in named if len(n) in widths]
+    in_prompt = set(_WHOLE_NUMBER.findall(prompt)) if candidates else set()
+    return sorted(n for n in candidates if n in in_prompt)
 
 
 @register("contains")

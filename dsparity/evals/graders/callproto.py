@@ -284,6 +284,7 @@ class Candidate:
         self._requests = os.fdopen(req_fd, "wb", buffering=0)
         self._responses = os.fdopen(resp_fd, "rb")
         self.calls = 0
+        self.failed = ""
 
     def __call__(self, *args, **kwargs):
         request = frame(encode((list(args), dict(kwargs))))
@@ -291,27 +292,37 @@ class Candidate:
             self._requests.write(request)
             reply = read_message(self._responses)
         except OSError as exc:
-            raise CandidateFailed(f"the answer's process is gone ({exc.strerror})") from None
+            self._fail(f"the answer's process is gone ({exc.strerror})")
         except ProtocolError as exc:
-            raise CandidateFailed(f"malformed reply: {exc}") from None
+            self._fail(f"malformed reply: {exc}")
         if reply is None:
-            raise CandidateFailed("the answer's process ended before answering")
+            self._fail("the answer's process ended before answering")
         self.calls += 1
         try:
             value = decode(reply[1:])
         except ProtocolError as exc:
-            raise CandidateFailed(f"malformed reply: {exc}") from None
+            self._fail(f"malformed reply: {exc}")
         if reply[:1] == b"O":
             return value
         if reply[:1] == b"R" and type(value) is tuple and len(value) == 2:
             raise _builtin_exception(*value)
-        raise CandidateFailed("malformed reply")
+        self._fail("malformed reply")
+
+    def _fail(self, reason: str):
+        """Remembered, not only raised: a test's bare `except:` may swallow the exception, but a
+        dead or lying answer process never passes (`judge` checks `failed`)."""
+        self.failed = self.failed or reason
+        raise CandidateFailed(reason) from None
 
 
 def _builtin_exception(name, message) -> BaseException:
     """The answer raised `name`: the builtin Exception subclass of that name (a test may expect e.g.
-    ValueError); anything else (SystemExit, a class of its own) fails the tests."""
+    ValueError); anything else (SystemExit, a class of its own) fails the tests. StopIteration
+    becomes RuntimeError, as PEP 479 does in generators: raised out of a call inside `map`,
+    `filter` or `zip` it would end the iteration early, and `all(map(...))` would pass."""
     text = message if type(message) is str else ""
+    if name in ("StopIteration", "StopAsyncIteration"):
+        return RuntimeError(f"the function raised {name}: {text}")
     cls = getattr(builtins, name, None) if type(name) is str and name.isidentifier() else None
     if isinstance(cls, type) and issubclass(cls, Exception):
         try:
@@ -333,6 +344,8 @@ def judge(req_fd: int, resp_fd: int, verdict_fd: int, problem_path: str = "probl
         exec(compile(problem["test"], "test.py", "exec", dont_inherit=True), ns)
         ns[problem["entry_point"]] = candidate
         ns["check"](candidate)
+        if candidate.failed:
+            raise CandidateFailed(candidate.failed)
         result = ("pass", "") if candidate.calls else ("error", "the tests never called the function")
     except AssertionError as exc:
         result = ("fail", f"AssertionError: {str(exc)[:500]}")

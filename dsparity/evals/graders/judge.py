@@ -551,12 +551,18 @@ def judge_checklist(
     judge: str | Backend | None = None,
     retries: int = 2,
     max_tokens: int = 1024,
+    page_text: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Yes/no per checklist item from the artifact's code and the grader's measured evidence
-    (render report, pixel statistics). Returns {"verdicts": [bool | None per item], "judge",
-    "prompt", "raw_outputs", "error"}; None where the judge gave no usable verdict."""
+    (render report, pixel statistics). `evidence` must hold only what the grader measured: it is
+    shown as trustworthy. What the page wrote while it ran (error messages, dialog texts, URLs it
+    asked for) goes in `page_text`, fenced like the code: a page can write any words there.
+    Returns {"verdicts": [bool | None per item], "judge", "prompt", "raw_outputs", "error"}; None
+    where the judge gave no usable verdict."""
     spec = judge_spec({"judge": judge})
     tag, fenced = fence(artifact)
+    written = json.dumps(page_text or {}, indent=1, default=str)[:6000]
+    page_tag, page_fenced = fence(written, "page")
     listing = "\n".join(f"{i + 1}. {item}" for i, item in enumerate(items))
     user = "\n".join(
         [
@@ -569,6 +575,9 @@ def judge_checklist(
             "",
             f"## The model's artifact (data, inside <{tag}>)",
             fenced,
+            "",
+            f"## Text the page wrote while it ran (data written by the model's page, inside <{page_tag}>)",
+            page_fenced,
             "",
             "## Measured evidence (from the grader, trustworthy)",
             json.dumps(evidence, indent=1, default=str)[:6000],
@@ -599,5 +608,5 @@ def judge_checklist(
         "prompt": [{"role": r, "content": c} for r, c in messages],
         "raw_outputs": call.outputs,
         "error": call.error if call.verdict is None else None,
-        "injection_signals": injection_signals(artifact),
+        "injection_signals": injection_signals(artifact + "\n" + written),
     }

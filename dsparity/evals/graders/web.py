@@ -278,6 +278,36 @@ def _audio_peak(report: PageReport, params: dict[str, Any]) -> tuple[bool | None
     return bool(readings > 0 and 2 * hits > readings), evidence
 
 
+# report fields the page writes itself (messages, dialog texts, URLs it chose)
+_PAGE_WRITTEN = ("errors", "dialogs", "blocked_requests", "scripts", "served_libraries", "missing_libraries")
+
+
+def _measured(value: Any) -> Any:
+    """Numbers, booleans and the structure around them; no strings (where a page's words could
+    ride into the judge's trusted evidence: an error message, a URL, a dialog)."""
+    if isinstance(value, dict):
+        return {k: _measured(v) for k, v in value.items() if not isinstance(v, str)}
+    if isinstance(value, list | tuple):
+        return [_measured(v) for v in value if not isinstance(v, str)]
+    return None if isinstance(value, str) else value
+
+
+def _judge_evidence(report: PageReport, checks: list[dict[str, Any]]) -> tuple[dict, dict]:
+    """(measured evidence the judge may trust, text the page wrote: fenced as data by the judge)."""
+    page = report.to_dict()
+    written = {k: page[k] for k in _PAGE_WRITTEN}
+    written["check_evidence"] = [
+        {"item": c["item"], "evidence": c["evidence"]} for c in checks if c["ok"] is not None
+    ]
+    measured = _measured({k: v for k, v in page.items() if k not in ("console", *_PAGE_WRITTEN)})
+    measured["checks"] = [
+        {"item": c["item"], "ok": c["ok"], "evidence": _measured(c["evidence"])}
+        for c in checks
+        if c["ok"] is not None
+    ]
+    return measured, written
+
+
 def _hints(report: PageReport) -> list[str]:
     """Lines that tell the user why a page failed for reasons of this machine, not of the answer."""
     seen, hints = set(), []
@@ -364,10 +394,7 @@ def web(sample: GradeInput, settings: dict) -> Grade:
     if needs_judge and judge:
         from dsparity.evals.graders.judge import judge_checklist
 
-        evidence = {k: v for k, v in report.to_dict().items() if k not in ("console",)}
-        evidence["checks"] = [
-            {k: c[k] for k in ("item", "ok", "evidence")} for c in checks if c["ok"] is not None
-        ]
+        evidence, page_text = _judge_evidence(report, checks)
         question = next((sample.doc[k] for k in ("question", "prompt", "instruction") if k in sample.doc), "")
         judged = judge_checklist(
             str(question),
@@ -376,6 +403,7 @@ def web(sample: GradeInput, settings: dict) -> Grade:
             needs_judge,
             judge=judge,
             retries=int(settings.get("retries", 2)),
+            page_text=page_text,
         )
         if judged["error"]:  # the judge was asked and gave nothing: no grade now, a retry next run
             raise GradeUnavailable(f"checklist judge gave no verdict: {judged['error']}", {"judge": judged})

@@ -6,7 +6,9 @@ such as lm-eval's `local-completions` use), the vLLM-style tokenizer endpoints l
 (/tokenizer_info, /tokenize, /detokenize), and GET /health.
 
 Limits, each answered with one clear 4xx rather than a stalled server (`ServeLimits`): request
-bodies are capped; prompt + max_tokens must fit the model's context; max_tokens has a cap; a
+bodies are capped; prompt + max_tokens must fit the model's context; max_tokens has a cap, which
+on /v1/completions binds the prompts of one request together (n prompts x max_tokens), and the
+prompts per request are capped; token ids and seeds are range-checked; a
 request whose client goes away is cancelled (queued: dropped; running: stopped at the next
 token); shutdown waits for requests in flight at most `shutdown_s`, then cancels them.
 """
@@ -20,7 +22,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import FastAPI, HTTPException
 from fastapi import Request as HttpRequest
@@ -35,13 +37,18 @@ from dsparity.evals.serving.completions import MAX_LOGPROBS, logprobs_payload, r
 @dataclass(frozen=True)
 class ServeLimits:
     max_body_bytes: int = 4 * 1024 * 1024  # 4 MiB: an 8K-token prompt is ~40 KB of text
-    max_tokens_cap: int = 4096  # new tokens per request
+    max_tokens_cap: int = 4096  # new tokens per request, all of its prompts together
+    max_prompts: int = 256  # prompts in one /v1/completions request
     shutdown_s: float = 30.0  # SIGTERM: finish requests in flight for at most this long
 
 
 class ChatMessage(BaseModel):
     role: str
     content: str | None = ""
+
+
+# what torch.manual_seed takes: a larger seed would be a 500 deep inside the backend
+Seed = Annotated[int, Field(ge=-(1 << 63), lt=1 << 64)]
 
 
 class ChatRequest(BaseModel):
@@ -51,7 +58,7 @@ class ChatRequest(BaseModel):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    seed: int | None = None
+    seed: Seed | None = None
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: dict[str, Any] | None = None
@@ -65,7 +72,7 @@ class CompletionRequest(BaseModel):
     logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    seed: int | None = None
+    seed: Seed | None = None
     stop: str | list[str] | None = None
     stream: bool = False
     return_tokens_as_token_ids: bool = False
@@ -144,6 +151,12 @@ def create_app(backend: LocalBackend, model_name: str, limits: ServeLimits | Non
         if body.stream:
             raise HTTPException(400, "stream is not supported on /v1/completions here")
         prompts = _prompt_ids(backend, body.prompt)
+        if len(prompts) > limits.max_prompts:
+            raise HTTPException(400, f"{len(prompts)} prompts in one request; this server takes at most "
+                                     f"{limits.max_prompts} (send them in smaller batches)")
+        if len(prompts) * body.max_tokens > limits.max_tokens_cap:  # one request's work is bounded
+            raise HTTPException(400, f"{len(prompts)} prompts x max_tokens {body.max_tokens} is above "
+                                     f"this server's cap of {limits.max_tokens_cap} new tokens per request")
         for ids in prompts:
             if not ids:
                 raise HTTPException(400, "a prompt is empty")
@@ -191,6 +204,8 @@ def create_app(backend: LocalBackend, model_name: str, limits: ServeLimits | Non
 
     @app.post("/detokenize")
     async def detokenize(body: DetokenizeRequest) -> dict[str, Any]:
+        if any(not 0 <= t < backend.vocab_size() for t in body.tokens):
+            raise HTTPException(400, "a token id is outside the vocabulary")
         return {"prompt": backend.tokenizer.decode(body.tokens)}
 
     return app
