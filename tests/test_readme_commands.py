@@ -6,9 +6,10 @@ values convert and pass their checks, model specs and store URLs parse, suites a
 job files load. The cheap ones then run for real against a temporary store that holds two runs
 of a tiny model (so `grade RUN` and `report CANDIDATE_RUN BASELINE_RUN` have runs to work on).
 The lm-eval commands are parsed by lm-eval's own CLI and their `--model_args` by the dsparity
-models. Other programs are not run, but every scripts/, bench/ and .ci/ path the docs name must
-exist with the arguments given to it. Under `-m slow` the README's local model run and its
-dsparity-local lm-eval command (with `--limit 2` and lm-eval's default `--device`) run for real.
+models; the dsparity-local one runs with `--limit 2` and lm-eval's default `--device` on a tiny
+model. Other programs are not run, but every scripts/, bench/ and .ci/ path the docs name must
+exist with the arguments given to it. Under `-m slow` the README's run of the embedded model and
+its dsparity-local lm-eval command run exactly as written (`--limit 2` added).
 """
 
 from __future__ import annotations
@@ -250,6 +251,45 @@ def test_lm_eval_command_parses(command: Command, monkeypatch):
     assert not missing, f"{command.where}: `{command.text}`: no task {sorted(missing)}"
 
 
+LOCAL_LM_EVAL = [c for c in LM_EVAL if "dsparity-local" in c.words]
+
+
+def lm_eval_words(command: Command, **model_args: str) -> list[str]:
+    """The command after `python -m MODULE`, `--limit 2` added, `--model_args` keys replaced."""
+    words = list(command.words[3:])
+    if model_args:
+        at = words.index("--model_args") + 1
+        args = dict(pair.split("=", 1) for pair in words[at].split(","))
+        words[at] = ",".join(f"{k}={v}" for k, v in {**args, **model_args}.items())
+    return words + ([] if "--limit" in words else ["--limit", "2"])
+
+
+def run_lm_eval(command: Command, words: list[str], env: dict[str, str]) -> str:
+    """Run it from the repository root (`--include_path tasks`); its stderr; the table checked."""
+    done = subprocess.run([sys.executable, "-m", command.words[2], *words], cwd=REPO,
+                          capture_output=True, text=True, timeout=1700, env={**os.environ, **env})
+    assert done.returncode == 0, f"{command.where}: `{command.text}`:\n{done.stderr[-3000:]}"
+    task = words[words.index("--tasks") + 1]
+    assert re.search(rf"\|\s*{re.escape(task)}\s*\|", done.stdout), done.stdout[-2000:]
+    return done.stderr
+
+
+@pytest.mark.parametrize("command", LOCAL_LM_EVAL, ids=_id)
+def test_readme_lm_eval_command_runs_on_a_tiny_model(command: Command, tiny_model_dir, tmp_path):
+    """The README's dsparity-local command as written but for the model (a tiny one, window
+    attention: no warm-up), `--limit 2` added. lm-eval hands the model its default
+    `device=cuda:0`; without that device dsparity-local says so and runs on the CPU."""
+    import torch
+
+    model_args = {"model": str(tiny_model_dir)}
+    if "attention=dsa" in " ".join(command.words):
+        model_args["attention"] = "window"  # DSA's selection path and kernels, no indexer to train
+    err = run_lm_eval(command, lm_eval_words(command, **model_args),
+                      {"DSPARITY_CACHE": str(tmp_path / "cache")})
+    if not torch.cuda.is_available():
+        assert "device 'cuda:0' asked for, but torch sees no CUDA devices; running on cpu" in err
+
+
 LOCAL_RUNS = [c for c in DSPARITY if c.words[1:2] == ("run",) and not c.mention
               and any(w.startswith("local:") for w in c.words)]
 
@@ -272,17 +312,11 @@ def test_readme_local_run_runs(command: Command, workdir, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
-@pytest.mark.parametrize("command", [c for c in LM_EVAL if "dsparity-local" in c.words], ids=_id)
+@pytest.mark.parametrize("command", LOCAL_LM_EVAL, ids=_id)
 def test_readme_lm_eval_local_command_runs(command: Command, tmp_path):
-    """As written plus `--limit 2`, with lm-eval's default device (`cuda:0`, also without CUDA),
-    the embedded model and its warmed-up indexers (first use warms them up: minutes)."""
-    words = [*command.words[3:], *([] if "--limit" in command.words else ["--limit", "2"])]
-    done = subprocess.run([sys.executable, "-m", "dsparity.evals.lm_eval_cli", *words], cwd=REPO,
-                          capture_output=True, text=True, timeout=1700,
-                          env={**os.environ, "DSPARITY_TASK_CACHE": str(tmp_path)})
-    assert done.returncode == 0, f"{command.where}: `{command.text}`:\n{done.stderr[-3000:]}"
-    task = command.words[command.words.index("--tasks") + 1]
-    assert re.search(rf"\|\s*{re.escape(task)}\s*\|", done.stdout), done.stdout[-2000:]
+    """As written plus `--limit 2`, with lm-eval's default device: the embedded model and its
+    warmed-up indexers (the first use warms them up: 10-25 minutes on 2 busy cores)."""
+    run_lm_eval(command, lm_eval_words(command), {"DSPARITY_TASK_CACHE": str(tmp_path)})
 
 
 def test_the_parser_refuses_what_a_stale_readme_would_say(workdir):
