@@ -31,7 +31,7 @@ PAIRS = (("a b ", "b a "), ("a b ", "c d "), ("0 1 2 3 4 ", "0 1 2 3 4 5 6 "))
 def two_runs(store, name: str, samples: int, answer_kb: float) -> tuple[str, str]:
     from dsparity.evals import provenance
     from dsparity.evals.backends.base import Completion
-    from dsparity.evals.store import SampleKey
+    from dsparity.evals.storage.store import SampleKey
 
     ids = []
     for side, score in ((0, 0.0), (1, 1.0)):
@@ -56,8 +56,8 @@ def seed(store, samples: int, answer_kb: int, n_comparisons: int, job_runs: int)
     their full texts), and many ordinary ones (short answers) for the overview."""
     import uuid
 
-    from dsparity.evals.compare import compare_runs
-    from dsparity.evals.store import comparisons
+    from dsparity.evals.comparison.pairing import compare_runs
+    from dsparity.evals.storage.store import comparisons
 
     cand, base = two_runs(store, "big", samples, answer_kb)
     big = store.put_comparison(cand, base, 0.05, 0.05, compare_runs(store, cand, base))
@@ -100,7 +100,7 @@ def main() -> None:
     from loopback import ServerThread
 
     from dsparity.evals.dashboard import create_app
-    from dsparity.evals.store import Store
+    from dsparity.evals.storage.store import Store
 
     with tempfile.TemporaryDirectory() as tmp:
         store = Store(f"sqlite:///{Path(tmp) / 'bench.db'}")

@@ -3,13 +3,15 @@
 Sources: ```bash blocks (backslash continuations joined, comment lines skipped), `dsparity ...`
 lines in unlabelled blocks (tasks/README.md lists its commands that way), the command of each
 cron line, systemd `ExecStart=` lines and a Kubernetes `args: [...]` list; inline code spans that
-start with `dsparity ` are kept as mentions (parsed, never run). `a && b`, `;`, `||` and pipes
-split a line into commands; redirections are dropped; leading `NAME=value` words are the
-command's environment.
+start with `dsparity ` are kept as mentions (parsed, never run). `a && b`, `;`, `||`, `&` and
+pipes split a line into commands; redirections are dropped; leading `NAME=value` words are the
+command's environment, and a line of assignments alone (or `export NAME=value`) sets variables
+that later lines of the same block use as `$NAME`.
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 import shlex
 from collections.abc import Iterator
@@ -20,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 DOCS = (REPO / "README.md", REPO / "tasks" / "README.md")
 
 SHELL = {"bash", "sh", "shell", "console"}
-SEPARATORS = {"&&", "||", ";", "|"}
+SEPARATORS = {"&&", "||", ";", "|", "&"}
 REDIRECT = re.compile(r"^\d*(>>?|<)(&\d+)?$")
 ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 # Paths into the repository's own tools that the docs name; each must exist.
@@ -112,15 +114,26 @@ def _joined(first: int, lines: list[str]) -> Iterator[tuple[int, str]]:
         yield start, pending
 
 
-def split_commands(where: str, text: str, *, mention: bool = False) -> list[Command]:
-    """One shell line -> its simple commands."""
+def split_commands(where: str, text: str, *, mention: bool = False,
+                   variables: dict[str, str] | None = None) -> list[Command]:
+    """One shell line -> its simple commands; `variables` are read and set as a shell would."""
+    variables = {} if variables is None else variables
     text = re.sub(r"\$\([^()]*\)", "SUBSTITUTED", text)  # $(openssl rand ...) is one word
+    text = re.sub(r"\$\{?([A-Za-z_]\w*)\}?", lambda m: variables.get(m.group(1), m.group(0)), text)
     commands, words, env = [], [], []
+
+    def done():
+        if not words:
+            variables.update(env)  # `M=value` alone: a shell variable
+        else:
+            commands.append(Command(where, tuple(words), tuple(env), mention))
+            if words[0] == "export":
+                variables.update(w.split("=", 1) for w in words[1:] if ASSIGNMENT.match(w))
+
     tokens = iter(shlex.split(text, comments=True))
     for token in tokens:
         if token in SEPARATORS:
-            if words:
-                commands.append(Command(where, tuple(words), tuple(env), mention))
+            done()
             words, env = [], []
         elif REDIRECT.match(token):
             if "&" not in token:
@@ -130,9 +143,29 @@ def split_commands(where: str, text: str, *, mention: bool = False) -> list[Comm
             env.append((name, value))
         else:
             words.append(token)
-    if words:
-        commands.append(Command(where, tuple(words), tuple(env), mention))
+    done()
     return commands
+
+
+def variants(words: tuple[str, ...]) -> list[tuple[str, ...]]:
+    """A usage template's concrete forms: `[--opt a|b]` groups left out, then each alternative
+    of each group added to the rest (`export RUN [--format jsonl|parquet]` gives three)."""
+    base: list[str] = []
+    groups: list[list[str]] = []
+    for word in words:
+        if word.startswith("[-") or (groups and not groups[-1][-1].endswith("]")):
+            if word.startswith("[-"):
+                groups.append([])
+            groups[-1].append(word)
+        else:
+            base.append(word)
+    found = [tuple(base)]
+    for group in groups:
+        text = " ".join(group)[1:-1]  # without the brackets
+        choices = [w.split("|") for w in text.split()]
+        for alternative in itertools.product(*choices):
+            found.append((*base, *alternative))
+    return found
 
 
 def doc_commands(paths=DOCS) -> list[Command]:
@@ -144,8 +177,9 @@ def doc_commands(paths=DOCS) -> list[Command]:
             continue
         name = path.relative_to(REPO).as_posix()
         for lang, first, lines in fenced_blocks(path):
+            variables: dict[str, str] = {}
             for number, text in block_lines(lang, first, lines):
-                found += split_commands(f"{name}:{number}", text)
+                found += split_commands(f"{name}:{number}", text, variables=variables)
         for number, line in prose_lines(path):
             for span in re.findall(r"`([^`]+)`", line):
                 if span.startswith("dsparity "):

@@ -10,7 +10,7 @@ from task_folders import make_suite
 
 from dsparity.evals.runner import RunSettings, execute_run
 from dsparity.evals.specs import parse_spec
-from dsparity.evals.store import Store
+from dsparity.evals.storage.store import Store
 from dsparity.evals.tasks import load_tasks
 
 

@@ -13,12 +13,12 @@ import pytest
 from loopback import ServerThread, scripted_app
 from task_folders import make_suite
 
-from dsparity.evals.compare import compare_runs
+from dsparity.evals.comparison.pairing import compare_runs
 from dsparity.evals.dashboard import create_app, pair_samples, trend_svg
 from dsparity.evals.jobs import JobSpec, run_job
 from dsparity.evals.runner import RunSettings, execute_run
 from dsparity.evals.specs import parse_spec
-from dsparity.evals.store import Store
+from dsparity.evals.storage.store import Store
 from dsparity.evals.tasks import load_tasks
 
 N_ITEMS = 12
@@ -109,6 +109,8 @@ def test_trend_chart_marks_the_planted_drift_only(seeded):
     "/comparisons/..%2f..%2fetc%2fpasswd",
     "/comparisons/..%2f..%2fetc%2fpasswd/samples",
     "/runs/%2e%2e",
+    "/runs/%2e%2e/samples",
+    "/runs/..%2f..%2fetc%2fpasswd/samples",
     "/jobs/..",
     "/jobs/../../etc/passwd",
     "/static/../../store.py",
@@ -166,8 +168,9 @@ def test_pages_in_chromium_are_quiet_offline_and_filters_work(seeded, dashboard)
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.on("request", lambda r: outside.append(r.url) if not r.url.startswith(dashboard) else None)
         page.on("dialog", lambda d: (errors.append("dialog: " + d.message), d.dismiss()))
+        cand_run = seeded["comparison"]["candidate"]["id"]  # its item 0 answered HOSTILE
         for path in ("/", "/jobs", "/jobs/nightly", f"/comparisons/{cid}", f"/comparisons/{cid}/samples",
-                     f"/runs/{seeded['comparison']['candidate']['id']}"):
+                     f"/runs/{cand_run}", f"/runs/{cand_run}/samples"):
             response = page.goto(dashboard + path)
             assert response.status == 200, path
             for summary in page.locator("summary").all()[:20]:
@@ -217,7 +220,7 @@ def test_trend_marks_revision_changes_and_failed_runs():
 
 def test_judge_reasoning_and_screenshots_come_from_the_grade(tmp_path):
     from dsparity.evals.backends.base import Completion
-    from dsparity.evals.store import SampleKey
+    from dsparity.evals.storage.store import SampleKey
 
     store = Store(f"sqlite:///{tmp_path / 'r.db'}")
     shot = tmp_path / "page.png"

@@ -13,11 +13,11 @@ from loopback import ServerThread
 from test_store_pg import pg_url, url  # noqa: F401 - fixtures: SQLite, and PostgreSQL when set
 
 from dsparity.evals.backends.base import Completion
-from dsparity.evals.compare import compare_runs
+from dsparity.evals.comparison.pairing import compare_runs
 from dsparity.evals.dashboard import create_app
 from dsparity.evals.dashboard.queries import PAGE_ROWS, SAMPLE_ROWS
 from dsparity.evals.dashboard.views import DIFF_CHARS, DIFF_WORK, PAGE_DIFF_WORK, word_diff
-from dsparity.evals.store import SampleKey, Store
+from dsparity.evals.storage.store import SampleKey, Store
 
 LONG = 200_000  # characters per adversarial answer
 
@@ -132,3 +132,50 @@ def test_the_overview_comes_a_page_at_a_time_and_filters_in_the_database(url):  
     assert re.findall(r'href="/comparisons/(\w+)"', pct.text) == []
     run_links = re.findall(r'href="/runs/(\w+)"', runs2.text)
     assert f"Runs ({2 * n})" in runs2.text and len(run_links) == PAGE_ROWS  # 114 runs: page 2 of 3
+
+
+def test_a_run_s_samples_page_is_paged_bounded_masked_and_linked(url):  # noqa: F811
+    from dsparity.redact import secret
+
+    key = secret("sk-dashboard-RECOGNISABLE-4242")  # a key this process read as one
+    store = Store(url)
+    n = SAMPLE_ROWS + 5  # two pages
+    rid, _ = store.find_or_create_run(
+        "one", model_spec="openai:m@http://x/v1?label=solo", label="solo", identity={}, suite="s",
+        tasks={"t": {"grader": "exact", "n_items": n}}, settings={}, provenance={})
+    for i in range(n):
+        fields = dict(doc_hash="d", prompt_hash=f"p{i}", target="42", doc={},
+                      request={"messages": [{"content": f"Item {i}: go"}]})
+        if i == 2:
+            answer = Completion(error="cannot reach postgresql://admin:hunter2hunter2@db/x",
+                                error_class="connection")
+        elif i == 1:
+            answer = Completion(text=f"my key is {key}")
+        else:
+            answer = Completion(text=ADVERSARIAL["shifted"][0] if i % 3 == 0 else "42")
+        store.record(rid, SampleKey("t", i, 0), fields, answer, None)
+    store.put_grades(rid, [dict(task="t", doc_id=i, repeat=0, grader="exact", score=float(i % 2), passed=None,
+                                details={}) for i in range(n) if i != 2], replace=False)
+    with ServerThread(create_app(store)) as server:
+        base = f"http://127.0.0.1:{server.port}"
+        page = f"{base}/runs/{rid}/samples"
+        overview, run_page = httpx.get(base + "/"), httpx.get(f"{base}/runs/{rid}")
+        first, second = httpx.get(page, timeout=60), httpx.get(page, params={"page": 2}, timeout=60)
+        errors = httpx.get(page, params={"filter": "errors"})
+        wrong = httpx.get(page, params={"filter": "wrong"})
+        found = httpx.get(page, params={"q": "item 7:"})
+        bad = httpx.get(page, params={"filter": "<script>"})
+    assert f'href="/runs/{rid}/samples"' in overview.text and 'id="samples-link"' in run_page.text
+    assert bad.status_code == 400 and "<script>" not in bad.text
+    keys = [re.findall(r'data-key="([^"]+)"', r.text) for r in (first, second)]
+    assert len(keys[0]) == SAMPLE_ROWS and len(keys[1]) == n - SAMPLE_ROWS
+    assert set(keys[0]) | set(keys[1]) == {f"t#{i}#0" for i in range(n)}
+    # 200 KB answers are read and shown cut: ten of them on a page would be 2 MB
+    assert len(first.text) < SAMPLE_ROWS * (4_100 + 3_000 + 2_000) and "more chars]" in first.text
+    everything = "".join(r.text for r in (first, second, errors, wrong, found))
+    assert key not in everything and "hunter2hunter2" not in everything
+    assert "my key is ***" in first.text and "admin:***@db" in errors.text
+    assert re.findall(r'data-key="([^"]+)"', errors.text) == ["t#2#0"]
+    below = {f"t#{i}#0" for i in range(0, n, 2) if i != 2}  # score 0; item 2 errored, ungraded
+    assert set(re.findall(r'data-key="([^"]+)"', wrong.text)) == below
+    assert re.findall(r'data-key="([^"]+)"', found.text) == ["t#7#0"]  # search across pages

@@ -94,7 +94,7 @@ def test_failed_command_creates_no_database(tmp_path):
     (["report", "aaaa", "bbbb"], "no such run"),
 ])
 def test_bad_input_one_line_nonzero_and_store_untouched(tmp_path, args, words):
-    from dsparity.evals.store import Store
+    from dsparity.evals.storage.store import Store
 
     db = tmp_path / "r.db"
     Store(f"sqlite:///{db}")  # an existing store, which the failed command must leave as it was

@@ -8,12 +8,12 @@ import pytest
 from loopback import ServerThread, scripted_app
 
 from dsparity.evals.backends.local import LocalBackend
-from dsparity.evals.compare import compare_runs
+from dsparity.evals.comparison.pairing import compare_runs
 from dsparity.evals.report import render
 from dsparity.evals.runner import RunSettings, execute_run
 from dsparity.evals.serving.server import create_app
 from dsparity.evals.specs import parse_spec
-from dsparity.evals.store import Store
+from dsparity.evals.storage.store import Store
 from dsparity.evals.tasks import load_tasks
 
 

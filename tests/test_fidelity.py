@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from tasks_helpers import cli
 
-from dsparity.evals import fidelity
 from dsparity.evals.logprobs import SpanScores, partition_kl
+from dsparity.evals.stats import fidelity
 
 
 def _doc(lp: np.ndarray, tokens: np.ndarray, top_ids=None, top_lps=None) -> dict:

@@ -107,7 +107,7 @@ def test_code_grader_refuses_without_bwrap(monkeypatch):
 
 def test_pass_at_k_for_run():
     from dsparity.evals.graders.code import pass_at_k_for_run
-    from dsparity.evals.store import SampleKey
+    from dsparity.evals.storage.store import SampleKey
 
     grades = {SampleKey("he", d, r): {"passed": int(d == 0 or r == 0)} for d in range(2) for r in range(4)}
     assert pass_at_k_for_run(grades, ks=(1, 2)) == {

@@ -162,7 +162,7 @@ def test_cli_regrades_a_stored_run_with_another_judge(tmp_path):
 
     from dsparity.cli import app
     from dsparity.evals.backends import Completion
-    from dsparity.evals.store import SampleKey, Store
+    from dsparity.evals.storage.store import SampleKey, Store
 
     url = f"sqlite:///{tmp_path / 'r.db'}"
     store = Store(url)

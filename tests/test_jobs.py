@@ -10,6 +10,7 @@ import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pytest
 import uvicorn
 from fastapi import FastAPI, Request
@@ -30,7 +31,8 @@ from dsparity.evals.jobs import (
     load_job,
     run_due,
 )
-from dsparity.evals.store import Store
+from dsparity.evals.stats.drift import RunScores
+from dsparity.evals.storage.store import Store
 
 PG_URL = os.environ.get("DSPARITY_TEST_PG_URL")
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,6 +100,8 @@ def test_job_file_errors_name_the_file_and_field(tmp_path):
         "name: x\ncandidate: nonsense\n": "candidate",
         "name: x\ncandidate: local:m\nalerts: {on: [sometimes]}\n": "alerts.on",
         "name: ../x\ncandidate: local:m\n": "name",
+        "name: x\ncandidate: local:m\nsettings: {margin: 0}\n": "settings.margin",
+        "name: x\ncandidate: local:m\nsettings: {margin: 1.5}\n": "settings.margin",
     }
     for body, field in cases.items():
         bad.write_text(body)
@@ -127,20 +131,57 @@ def test_due_slots_follow_the_cron_schedule(tmp_path):
     assert is_due(store, job, at("2026-01-03T03:00:01")) == at("2026-01-03T03:00:00")
 
 
-def test_drift_is_a_verdict_change_or_a_shift_beyond_the_margin():
-    def summary(verdict, diff, cand, base):
-        return {"overall": {"verdict": verdict},
-                "tasks": {"t": {"verdict": verdict, "diff": diff, "candidate": cand, "baseline": base}}}
+def _summary(verdict="equivalent", task_verdict=None, margin=0.05):
+    return {"overall": {"verdict": verdict},
+            "tasks": {"t": {"verdict": task_verdict or verdict, "margin": margin, "unit": "points"}}}
 
-    before = summary("equivalent", 0.0, 0.9, 0.9)
-    assert detect_drift(summary("equivalent", 0.0, 0.9, 0.9), None, 0.05) == []
-    assert detect_drift(summary("equivalent", 0.02, 0.92, 0.9), before, 0.05) == []
-    # both models dropped together (a silent change of a shared endpoint): no verdict change, but
-    # each score moved beyond the margin
-    both = detect_drift(summary("equivalent", 0.0, 0.7, 0.7), before, 0.05)
+
+def _items(n: int, wrong: int = 0, value: float = 1.0) -> dict:
+    """n documents of task t, the first `wrong` scored 0, the rest `value`."""
+    return {("t", i, f"d{i}", f"p{i}"): 0.0 if i < wrong else value for i in range(n)}
+
+
+def test_drift_is_a_verdict_change_or_a_significant_shift_beyond_the_margin():
+    same = _summary()
+    before = RunScores(_items(50), _items(50))
+    # three changed answers of fifty: a 6-point drop, past the 5-point margin, but noise (p = 0.08)
+    assert detect_drift(same, same, 0.05, now=RunScores(_items(50, wrong=3), _items(50)), before=before) == []
+    # twenty of fifty: significant and far past the margin
+    events = detect_drift(same, same, 0.05, now=RunScores(_items(50, wrong=20), _items(50)), before=before)
+    shifts = {e["measure"]: e for e in events if e["kind"] == "shift"}
+    assert set(shifts) == {"candidate", "diff"}  # the baseline did not move
+    assert shifts["candidate"]["shift"] == pytest.approx(-0.4) and shifts["candidate"]["p"] < 0.001
+    assert shifts["candidate"]["n"] == 50 and "Tango" in shifts["candidate"]["method"]
+    # significant but within the margin: 20 of 1,000 answers (2 points) is no drift at 5 points
+    big = RunScores(_items(1000), _items(1000))
+    drop = RunScores(_items(1000, wrong=20), _items(1000))
+    assert detect_drift(same, same, 0.05, now=drop, before=big) == []
+    # both models dropped together (a silent change of a shared endpoint): each side shifted, the
+    # difference did not
+    both = detect_drift(same, same, 0.05, now=RunScores(_items(50, wrong=25), _items(50, wrong=25)),
+                        before=before)
     assert {e["measure"] for e in both if e["kind"] == "shift"} == {"candidate", "baseline"}
-    worse = detect_drift(summary("worse", -0.3, 0.6, 0.9), before, 0.05)
-    assert {e["kind"] for e in worse} == {"verdict", "task_verdict", "shift"}
+    # a verdict change is an event of its own; without per-item scores no shift is claimed
+    worse = detect_drift(_summary("worse"), same, 0.05)
+    assert {e["kind"] for e in worse} == {"verdict", "task_verdict"}
+    assert detect_drift(same, None, 0.05, now=before, before=before) == []
+
+
+def test_drift_in_continuous_scores_uses_the_paired_t_test():
+    rng = np.random.default_rng(0)
+    quality = rng.uniform(0.4, 0.9, 60)
+
+    def scored(values) -> RunScores:
+        return RunScores({("t", i, f"d{i}", f"p{i}"): float(v) for i, v in enumerate(values)},
+                         _items(60, value=0.5))
+
+    before = scored(quality)
+    noisy = scored(np.clip(quality + rng.normal(0, 0.05, 60), 0, 1))  # re-graded, say, by a judge
+    assert detect_drift(_summary(), _summary(), 0.05, now=noisy, before=before) == []
+    shifts = [e for e in detect_drift(_summary(), _summary(), 0.05, now=scored(quality - 0.2), before=before)
+              if e["kind"] == "shift"]
+    assert sorted(e["measure"] for e in shifts) == ["candidate", "diff"]
+    assert all(e["shift"] == pytest.approx(-0.2) and "bootstrap" in e["method"] for e in shifts)
 
 
 def _run_due_process(folder: Path, db: str, now: str) -> subprocess.Popen:

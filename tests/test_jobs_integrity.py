@@ -11,7 +11,7 @@ from test_store_pg import pg_url, url  # noqa: F401 - fixtures: SQLite, and Post
 
 from dsparity.errors import DsparityError
 from dsparity.evals.jobs import load_job, run_job
-from dsparity.evals.store import Store, leases, runs
+from dsparity.evals.storage.store import Store, leases, runs
 
 
 def right(prompt: str) -> str:

@@ -20,7 +20,7 @@ from tasks_helpers import cli
 
 from dsparity.errors import DsparityError
 from dsparity.evals.graders.judge import close_judges
-from dsparity.evals.store import Store
+from dsparity.evals.storage.store import Store
 
 UNREACHABLE = "openai:judge@http://127.0.0.1:9/v1"
 

@@ -13,7 +13,8 @@ from dsparity.evals.tasks import BUILTIN_TASKS
 def test_lm_eval_cli_runs_a_task_through_dsparity_openai(tmp_path):
     with ServerThread(scripted_app()) as server:
         out = tmp_path / "out"
-        cmd = [sys.executable, "-m", "dsparity.evals.lm_eval_cli", "run", "--model", "dsparity-openai",
+        cmd = [sys.executable, "-m", "dsparity.evals.harness.lm_eval_cli", "run",
+               "--model", "dsparity-openai",
                "--model_args", f"model=scripted,base_url={server.base_url},concurrency=4",
                "--tasks", "smoke_arithmetic", "--include_path", str(BUILTIN_TASKS),
                "--apply_chat_template", "--output_path", str(out), "--log_samples", "--limit", "5"]
@@ -30,7 +31,7 @@ def test_lm_eval_cli_runs_a_task_through_dsparity_openai(tmp_path):
     ("cuda:99", "cpu", "torch sees"), ("mps", "cpu", "is not one dsparity runs on"),
 ])
 def test_lm_eval_device_strings_map_to_what_exists(given, expect, note, capsys):
-    from dsparity.evals.lm_eval_bridge import local_device
+    from dsparity.evals.harness.lm_eval_models import local_device
 
     assert local_device(given) == expect
     err = capsys.readouterr().err
@@ -38,7 +39,7 @@ def test_lm_eval_device_strings_map_to_what_exists(given, expect, note, capsys):
 
 
 def test_model_args_device_wins_over_lm_evals_device(tiny_model_dir):
-    from dsparity.evals.lm_eval_bridge import DsparityLocalLM
+    from dsparity.evals.harness.lm_eval_models import DsparityLocalLM
 
     lm = DsparityLocalLM.create_from_arg_string(f"model={tiny_model_dir},device=cpu",
                                                 {"device": "cuda:0", "batch_size": 1})

@@ -19,8 +19,8 @@ from tasks_helpers import cli
 
 from dsparity.errors import DsparityError
 from dsparity.evals.graders import GradeInput, get_grader
-from dsparity.evals.task_registry import lm_eval_tasks_dir
 from dsparity.evals.tasks import load_tasks, scan
+from dsparity.evals.tasks.registry import lm_eval_tasks_dir
 
 LM_EVAL_TASKS = lm_eval_tasks_dir()
 

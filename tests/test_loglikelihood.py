@@ -149,7 +149,7 @@ def test_dsparity_local_picks_what_lm_eval_hf_picks(tmp_path, tiny_model_dir, hf
     code, out, err = cli("run", "--model", f"local:{tiny_model_dir}", "--tasks", "tiny_mc",
                          "--include", str(folder), "--db", db)
     assert code == 0, err
-    from dsparity.evals.store import Store
+    from dsparity.evals.storage.store import Store
 
     store = Store(db)
     (run,) = store.list_runs()
@@ -181,7 +181,7 @@ def test_lm_eval_local_completions_against_serve_matches_hf(tmp_path, hflm, serv
 
 
 def test_lm_eval_bridge_loglikelihood(tiny_model_dir, hflm):
-    from dsparity.evals.lm_eval_bridge import DsparityLocalLM
+    from dsparity.evals.harness.lm_eval_models import DsparityLocalLM
 
     lm = DsparityLocalLM(model=str(tiny_model_dir), device="cpu")
     got = lm.loglikelihood(_instances("loglikelihood", PAIRS))

@@ -35,7 +35,7 @@ def test_modes_side_by_side_table_maps_and_cost():
     assert section["columns"][0]["recall"] == 0.93 and section["columns"][1]["recall"] is None
     assert section["columns"][0]["keys_per_query"] == 256.0
     assert section["baseline"]["keys_per_query"] == 3000.0  # dense reads every key
-    assert section["tasks"] == [{"task": "niah", "baseline": 0.9, "modes": [0.85, 0.4],
+    assert section["tasks"] == [{"task": "niah", "baseline": 0.9, "unit": "points", "modes": [0.85, 0.4],
                                  "diffs": [0.85 - 0.9, 0.4 - 0.9], "verdicts": ["equivalent"] * 2,
                                  "n": 12}]
     (m,) = section["maps"]
@@ -58,3 +58,12 @@ def test_mode_of_reads_the_spec():
     assert mode_of({"model_spec": "local:x"}) == {"mode": "dense", "topk": None}
     assert mode_of({"model_spec": "local:x?attention=oracle"}) == {"mode": "oracle", "topk": 256}
     assert mode_of({"model_spec": "openai:m@http://h/v1"}) == {"mode": "remote", "topk": None}
+
+
+def test_fidelity_rows_show_nats_not_percent():
+    """A fidelity bucket's mean log-prob is shown in nats beside the modes, not multiplied by 100."""
+    from dsparity.evals.report import score_text
+
+    assert score_text(-2.46, "nats/token") == "-2.460"
+    assert score_text(-0.2455, "nats/token", signed=True) == "-0.245"
+    assert score_text(0.389) == "38.9" and score_text(-0.583, signed=True) == "-58.3"

@@ -142,7 +142,7 @@ def test_tango_coverage_is_near_nominal():
 def test_power_plan_warns_before_the_run():
     from types import SimpleNamespace
 
-    from dsparity.evals.power import plan
+    from dsparity.evals.stats.power import plan
 
     small = SimpleNamespace(name="small", items=[0] * 14, grader="exact", settings={})
     big = SimpleNamespace(name="big", items=[0] * 80, grader="exact", settings={})

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dsparity.evals.compare import depth_length_maps
+from dsparity.evals.comparison.pairing import depth_length_maps
 from dsparity.evals.report import render
 
 FIXTURE = Path(__file__).parent / "fixtures" / "comparison.json"
@@ -20,7 +20,7 @@ def fixture() -> dict:
 
 
 def test_depth_length_maps_average_both_models_per_cell():
-    from dsparity.evals.compare import PairKey
+    from dsparity.evals.comparison.pairing import PairKey
 
     keys, cand, base = [], {}, {}
     for i, (length, depth, a, b) in enumerate([(1024, 0.1, 1, 1), (1024, 0.12, 0, 1), (4096, 0.9, 1, 0)]):

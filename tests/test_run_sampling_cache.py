@@ -16,7 +16,7 @@ from loopback import ServerThread
 from task_folders import make_suite, write_task
 from tasks_helpers import cli
 
-from dsparity.evals.store import SampleKey, Store
+from dsparity.evals.storage.store import SampleKey, Store
 
 
 def recording_app(answer, *, model: str = "m") -> FastAPI:

@@ -24,7 +24,7 @@ from dsparity.cli import main
 from dsparity.evals.backends.openai_api import OpenAIBackend
 from dsparity.evals.dashboard import create_app
 from dsparity.evals.specs import parse_spec
-from dsparity.evals.store import Store, metadata
+from dsparity.evals.storage.store import Store, metadata
 
 KEY = "sk-FAKE-key-5d1e9b3c7a2f"  # the key a spec names (api_key_env=DSP_TEST_KEY)
 AMBIENT = "sk-FAKE-ambient-8e4a6c2b0d"  # OPENAI_API_KEY, set for some other provider

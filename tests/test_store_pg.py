@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import create_engine, inspect, text
 
 from dsparity.errors import DsparityError
-from dsparity.evals.store import SCHEMA_VERSION, V1_TABLES, SampleKey, Store, meta, runs
+from dsparity.evals.storage.store import SCHEMA_VERSION, V1_TABLES, SampleKey, Store, meta, runs
 
 FIXTURES = Path(__file__).parent / "fixtures"
 PG_URL = os.environ.get("DSPARITY_TEST_PG_URL")

@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from dsparity.evals.task_sample import pick
 from dsparity.evals.tasks import load_tasks
+from dsparity.evals.tasks.sample import pick
 
 
 def test_plain_task_sample_is_seeded_nested_and_not_the_first_n():
@@ -25,7 +25,7 @@ def test_plain_task_sample_is_seeded_nested_and_not_the_first_n():
 
 
 def test_same_items_in_another_process_whatever_its_hash_seed():
-    code = ("import json; from dsparity.evals.task_sample import pick; "
+    code = ("import json; from dsparity.evals.tasks.sample import pick; "
             "print(json.dumps(pick([{'q': i} for i in range(50)], 6, task='t')))")
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)

@@ -21,7 +21,7 @@ from tasks_helpers import OFFLINE_SUITES, REPO, fast_env, oracle_answers, script
 from dsparity.evals.graders import sandbox
 from dsparity.evals.runner import RunSettings, execute_run
 from dsparity.evals.specs import parse_spec
-from dsparity.evals.store import Store
+from dsparity.evals.storage.store import Store
 from dsparity.evals.tasks import load_tasks
 
 EXACTLY_GRADABLE = {"exact", "math", "needle", "choice", "code", "stdio"}

@@ -10,9 +10,9 @@ import sys
 import pytest
 from tasks_helpers import cli
 
-from dsparity.evals.task_yaml import read_config
 from dsparity.evals.taskgen.cache import GenOptions
 from dsparity.evals.tasks import BUILTIN_TASKS, count_items, load_tasks, scan
+from dsparity.evals.tasks.files import read_config
 
 DSPARITY = [sys.executable, "-m", "dsparity.cli"]
 

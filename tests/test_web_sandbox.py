@@ -17,7 +17,7 @@ import pytest
 from web_helpers import browser_session, have_browser, needs_browser
 
 from dsparity.evals.graders.browserbox import sandbox_prefix
-from dsparity.evals.store import default_url
+from dsparity.evals.storage.store import default_url
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = "/usr/bin/python3"  # Debian's interpreter lives under /usr, the one tree the sandbox shares

@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from dsparity.cli import evaluate, jobs, model, serving, tasks  # noqa: F401  (register commands)
+from dsparity.cli import evaluate, export, jobs, model, serving, tasks  # noqa: F401  (register commands)
 from dsparity.cli.base import app, console
 from dsparity.errors import DsparityError
 

@@ -112,8 +112,15 @@ def load_selected_tasks(suite: str | None, tasks: str | None, limit: int | None,
     suites = split_list(suite) or (None if tasks else [DEFAULT_SUITE])
     return load_tasks(suites=suites, names=split_list(tasks), limit=limit, include=include, size=size)
 
+def command_choices(suite: str | None, tasks: str | None, include: list[Path] | None, size: int | None,
+                    budget: float | None = None, prices: Path | None = None) -> dict:
+    """What a run records of how it was chosen, for the report's reproduce line (RunSettings.command):
+    the selection as typed, folders made absolute (the line works from any directory)."""
+    return {"suite": suite, "tasks": tasks, "include": [str(Path(f).resolve()) for f in include or []],
+            "size": size, "budget": budget, "prices": str(Path(prices).resolve()) if prices else None}
+
 def existing_store(db: str | None):
-    from dsparity.evals.store import Store, default_url
+    from dsparity.evals.storage.store import Store, default_url
 
     url = db or default_url()
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():

@@ -31,6 +31,7 @@ from dsparity.cli.base import (
     Temperature,
     TopP,
     app,
+    command_choices,
     console,
     existing_store,
     load_selected_tasks,
@@ -38,7 +39,7 @@ from dsparity.cli.base import (
     pct,
 )
 from dsparity.errors import DsparityError
-from dsparity.evals.pricing import load_prices
+from dsparity.evals.accounting.pricing import load_prices
 from dsparity.evals.serving.served import served_default
 from dsparity.evals.specs import DEFAULT_CANDIDATE
 
@@ -55,13 +56,14 @@ def run(
     """Run one model over tasks, store every sample, grade it. Re-running resumes."""
     from dsparity.evals.runner import RunSettings, execute_run
     from dsparity.evals.specs import parse_spec
-    from dsparity.evals.store import Store
+    from dsparity.evals.storage.store import Store
 
     spec = parse_spec(model, source="--model")
     task_specs = load_selected_tasks(suite, tasks, limit, include, size)
     settings = RunSettings(suite=suite or tasks or DEFAULT_SUITE, limit=limit, repeats=repeats,
                            seed=seed, temperature=temperature, top_p=top_p, fresh=fresh,
-                           cache=not no_cache, judge=judge, budget=budget, prices=load_prices(prices))
+                           cache=not no_cache, judge=judge, budget=budget, prices=load_prices(prices),
+                           command=command_choices(suite, tasks, include, size, budget, prices))
     _note_sampling(settings)
 
     async def go():
@@ -92,8 +94,8 @@ def _note_sampling(settings) -> None:
                       "pass e.g. --temperature 0.8 for independent draws and pass@k", soft_wrap=True)
 
 def _print_run(result, db, settings) -> None:
-    from dsparity.evals.pass_rates import describe, pass_at_k_by_task
-    from dsparity.evals.store import Store
+    from dsparity.evals.stats.pass_rates import describe, pass_at_k_by_task
+    from dsparity.evals.storage.store import Store
 
     verb = "resumed" if result.resumed else "created"
     out.print(f"run {result.run_id} ({verb}): {result.sent} requests sent, {result.from_cache} from "
@@ -144,7 +146,8 @@ def compare(
     task_specs = load_selected_tasks(suite, tasks, limit, include, size)
     settings = RunSettings(suite=suite or tasks or DEFAULT_SUITE, limit=limit, repeats=repeats,
                            seed=seed, temperature=temperature, top_p=top_p, fresh=fresh,
-                           cache=not no_cache, judge=judge, budget=budget, prices=load_prices(prices))
+                           cache=not no_cache, judge=judge, budget=budget, prices=load_prices(prices),
+                           command=command_choices(suite, tasks, include, size, budget, prices))
     _note_sampling(settings)
     with served_default(console.print) if base_spec is None else contextlib.nullcontext(base_spec) as served:
         verdicts = asyncio.run(_compare(cand_specs, served, task_specs, settings, db, margin, out_dir,
@@ -159,7 +162,7 @@ def fails(verdict: str, level: str) -> bool:
 
 def _print_power(task_specs, margin) -> None:
     """Before anything is sent: what each task can resolve, and a warning where it cannot decide."""
-    from dsparity.evals.power import plan
+    from dsparity.evals.stats.power import plan
 
     for row in plan(task_specs, margin=margin):
         if row.warning:
@@ -173,8 +176,8 @@ async def _compare(cand_specs, base_spec, task_specs, settings, db, margin, out_
                    on_ready=None) -> list[str]:
     """One comparison per candidate against the same baseline (its run resumes, never re-asks);
     with several candidates the first report gains the side-by-side section (report/modes.py)."""
-    from dsparity.evals.comparison_flow import run_comparison
-    from dsparity.evals.store import Store
+    from dsparity.evals.comparison.flow import run_comparison
+    from dsparity.evals.storage.store import Store
 
     store = lambda: Store(db)  # noqa: E731  (opened once the first backends pass their preflight)
     comparisons = []
@@ -234,13 +237,17 @@ def _modes_recall(store, cand_specs, comparisons, prompts: int = 2) -> dict[str,
     return recall
 
 def _print_modes(section: dict) -> None:
-    table = Table(title=f"side by side against {section['baseline']['label']}")
+    from dsparity.evals.report import score_text
+
+    table = Table(title=f"side by side against {section['baseline']['label']}", caption="scores in %; "
+                  "fidelity rows: mean log-prob per token (nats)")
     table.add_column("task")
     table.add_column("baseline")
-    for col in section["columns"]:
-        table.add_column(f"{col['label']}\n{col['mode']}" + (f" k={col['topk']}" if col["topk"] else ""))
+    for col in section["columns"]:  # the mode names the column; labels are in the reports
+        table.add_column(col["mode"] + (f" k={col['topk']}" if col["topk"] else ""))
     for row in section["tasks"]:
-        table.add_row(row["task"], pct(row["baseline"]), *[pct(v) for v in row["modes"]])
+        table.add_row(row["task"], score_text(row["baseline"], row["unit"]),
+                      *[score_text(v, row["unit"]) for v in row["modes"]])
     table.add_row("verdict", "", *[c["verdict"] for c in section["columns"]])
     table.add_row("recall", "", *["n/a" if c["recall"] is None else f"{c['recall']:.3f}"
                                   for c in section["columns"]])
@@ -310,7 +317,7 @@ def comparison_lines(comparison: dict) -> list[str]:
 
 def sampling_lines(comparison: dict) -> list[str]:
     """pass@k per task (several draws per item) and answers left ungraded by the judge."""
-    from dsparity.evals.pass_rates import describe
+    from dsparity.evals.stats.pass_rates import describe
 
     lines = [f"{t['task']}: candidate {describe(t['pass_at_k']['candidate'])}; "
              f"baseline {describe(t['pass_at_k']['baseline'])}"
@@ -337,7 +344,7 @@ def report(
     margin: Margin = None, db: Db = None, out_dir: OutDir = Path("results/reports"), judge: Judge = None,
 ) -> None:
     """Re-make a comparison from two stored runs (e.g. with a new margin) without re-running."""
-    from dsparity.evals.compare import compare_runs
+    from dsparity.evals.comparison.pairing import compare_runs
 
     store = existing_store(db)
     _preflight_judges(store.run(candidate_run), judge, grading=False, pairwise=True)
@@ -391,13 +398,19 @@ def _preflight_judges(run: dict, judge: str | None, *, grading: bool = True, pai
 
 @app.command()
 def runs(db: Db = None) -> None:
-    """List stored runs."""
+    """List stored runs: samples stored (errors among them) against those the run plans."""
     store = existing_store(db)
+    counts = store.sample_counts()
     table = Table()
-    for col in ("run", "model", "suite", "status", "samples", "created"):
-        table.add_column(col)
+    for col in ("run", "model", "suite", "status", "samples", "errors", "planned", "created"):
+        number = col in ("samples", "errors", "planned")
+        table.add_column(col, justify="right" if number else "left", no_wrap=number or col == "run",
+                         min_width=12 if col == "run" else None,  # ids get copied whole
+                         overflow="fold")  # a narrow terminal folds labels rather than cutting them
     for r in store.list_runs():
-        table.add_row(r["id"], r["label"], r["suite"], r["status"],
-                      str(sum(t["n_items"] for t in r["tasks"].values())),
+        stored, errors = counts.get(r["id"], (0, 0))
+        planned = sum(int(t.get("n_items") or 0) for t in r["tasks"].values()) * \
+            int((r["settings"] or {}).get("repeats") or 1)
+        table.add_row(r["id"], r["label"], r["suite"], r["status"], str(stored), str(errors), str(planned),
                       time.strftime("%Y-%m-%d %H:%M", time.localtime(r["created_at"])))
     out.print(table)

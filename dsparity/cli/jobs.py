@@ -43,7 +43,7 @@ def jobs_run(
 ) -> None:
     """Run one job now and record it in the job's history (exit 1: drift or regression, 4: failed)."""
     from dsparity.evals.jobs import load_job, run_job
-    from dsparity.evals.store import Store
+    from dsparity.evals.storage.store import Store
 
     job = load_job(file)
     outcome = run_job(Store(db), job, trigger="manual", log=console.print, show_progress=not quiet)
@@ -64,7 +64,7 @@ def jobs_run_due(
     """Run every job whose latest cron slot has no run yet; call it from cron, a systemd timer
     or a Kubernetes CronJob. Exit: 0 fine, 1 drift or regression, 4 a run failed."""
     from dsparity.evals.jobs import run_due
-    from dsparity.evals.store import Store
+    from dsparity.evals.storage.store import Store
 
     outcomes, problems = run_due(Store(db), folder, now=_parse_now(now), log=console.print,
                                  show_progress=not quiet)
@@ -87,7 +87,7 @@ def jobs_run_due(
 def jobs_daemon(folder: Annotated[Path, typer.Argument(help="Folder of job files")], db: Db = None) -> None:
     """Run due jobs forever (for machines without cron); re-reads the folder at every wake-up."""
     from dsparity.evals.jobs import daemon
-    from dsparity.evals.store import Store
+    from dsparity.evals.storage.store import Store
 
     console.print(f"dsparity jobs daemon: watching {folder}")
     daemon(Store(db), folder, log=console.print)

@@ -9,10 +9,12 @@ Exactly once per slot: a job runs under a lease in the store (two processes neve
 at the same time), the slot is re-checked once the lease is held, and the history row for the
 slot is unique, so even a lease that expired mid-run cannot record a slot twice.
 
-Drift: each run is compared with the job's previous completed run; a change of the overall or a
-task's verdict, or a per-task shift (difference, candidate score or baseline score) beyond the
-margin, is a drift event. Alerts: the exit code (0 fine, 1 drift or regression, 4 a failed run)
-and a JSON webhook whose `text` field Slack (and Mattermost, Teams workflows, ...) shows as is.
+Drift (evals/drift.py): each run is compared with the job's previous completed run; a change of
+the overall or a task's verdict is a drift event, and so is a per-task shift (candidate score,
+baseline score, or their difference) that a paired test on the items both runs answered finds
+significant (Holm-adjusted over the run's tests) and that is larger than the margin. Alerts: the
+exit code (0 fine, 1 drift or regression, 4 a failed run) and a JSON webhook whose `text` field
+Slack (and Mattermost, Teams workflows, ...) shows as is.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 
 from dsparity.errors import DsparityError
+from dsparity.evals.stats.drift import detect_drift, run_scores
 from dsparity.redact import redact, redact_obj, secret
 
 EXIT_OK, EXIT_ALERT, EXIT_FAILED = 0, 1, 4
@@ -163,8 +166,9 @@ def load_job(path: Path) -> JobSpec:
         setattr(job, key, (base_dir / value).resolve() if key == "prices" else kind(value))
     if job.judge:
         parse_spec(job.judge, source=f"{src}: settings.judge")
-    if not 0.0 <= job.margin <= 1.0:
-        raise DsparityError(src, "settings.margin", f"expected 0..1 (score units), got {job.margin}")
+    if not 0.0 < job.margin <= 1.0:  # as --margin: a margin of 0 can never show equivalence
+        raise DsparityError(src, "settings.margin", f"expected a number in (0, 1] (score units), "
+                            f"got {job.margin}", "e.g. margin: 0.05 for 5 points")
     alerts = data.get("alerts") or {}
     if isinstance(alerts, dict) and True in alerts:  # YAML 1.1 reads a bare `on:` key as true
         alerts = {("on" if k is True else k): v for k, v in alerts.items()}
@@ -347,10 +351,13 @@ def _execute(store, job: JobSpec, jid: str, log, show_progress: bool, heartbeat:
             cid = store.put_comparison(cand.run_id, base.run_id, comparison["margin"],
                                        comparison["alpha"], comparison)
             summary = summarize(comparison)
-            previous = _previous_summary(store, job.name, jid)
+            previous = _previous_run(store, job.name, jid)
             outcome.status, outcome.verdict, outcome.comparison_id = \
                 "complete", comparison["overall"]["verdict"], cid
-            outcome.drift = detect_drift(summary, previous, job.margin)
+            outcome.drift = detect_drift(
+                summary, previous and previous["summary"], job.margin,
+                now=run_scores(store, cand.run_id, base.run_id),
+                before=previous and run_scores(store, previous["candidate_run"], previous["baseline_run"]))
             if job.reports:
                 from dsparity.evals.report import render
 
@@ -372,8 +379,8 @@ def _execute(store, job: JobSpec, jid: str, log, show_progress: bool, heartbeat:
 
 
 def _compare(store, job: JobSpec, log, show_progress: bool):
-    from dsparity.evals.comparison_flow import FreshAnswers, run_comparison
-    from dsparity.evals.pricing import load_prices
+    from dsparity.evals.accounting.pricing import load_prices
+    from dsparity.evals.comparison.flow import FreshAnswers, run_comparison
     from dsparity.evals.runner import RunSettings
     from dsparity.evals.specs import parse_spec
     from dsparity.evals.tasks import load_tasks
@@ -383,7 +390,12 @@ def _compare(store, job: JobSpec, log, show_progress: bool):
                             limit=job.limit, include=job.include, size=job.size)
     settings = RunSettings(suite=",".join(job.suites or job.tasks or ["smoke"]), limit=job.limit,
                            repeats=job.repeats, seed=job.seed, fresh=True, budget=job.budget,
-                           prices=load_prices(job.prices))
+                           prices=load_prices(job.prices), command={
+                               "suite": ",".join(job.suites) if job.suites else None if job.tasks
+                               else "smoke",
+                               "tasks": ",".join(job.tasks) if job.tasks else None,
+                               "include": [str(p) for p in job.include or []], "size": job.size,
+                               "budget": job.budget, "prices": str(job.prices) if job.prices else None})
     run_store = store if job.cache else FreshAnswers(store)
     if job.baseline:
         served = contextlib.nullcontext(parse_spec(job.baseline, source=f"job {job.name}: baseline"))
@@ -423,38 +435,17 @@ def summarize(comparison: dict[str, Any]) -> dict[str, Any]:
     return {"margin": comparison["margin"],
             "overall": {"verdict": overall["verdict"], "diff": overall.get("diff"), "n": overall["n"]},
             "tasks": {t["task"]: {"verdict": t["verdict"], "diff": t.get("diff"), "n": t.get("n"),
-                                  "candidate": t.get("mean_a"), "baseline": t.get("mean_b")}
+                                  "candidate": t.get("mean_a"), "baseline": t.get("mean_b"),
+                                  "margin": t.get("margin"), "unit": t.get("unit", "points")}
                       for t in comparison["tasks"]},
             "candidate": side(comparison["candidate"]), "baseline": side(comparison["baseline"])}
 
 
-def _previous_summary(store, job: str, jid: str) -> dict | None:
+def _previous_run(store, job: str, jid: str) -> dict | None:
+    """The job's last completed run before this one (its summary and its two runs)."""
     done = [r for r in store.job_runs(job) if r["status"] == "complete" and r["id"] != jid
             and r["summary"]]
-    return done[-1]["summary"] if done else None
-
-
-def detect_drift(current: dict, previous: dict | None, margin: float) -> list[dict[str, Any]]:
-    """Drift events of this run against the job's previous completed run."""
-    if previous is None:
-        return []
-    events = []
-    if current["overall"]["verdict"] != previous["overall"]["verdict"]:
-        events.append({"kind": "verdict", "task": None, "from": previous["overall"]["verdict"],
-                       "to": current["overall"]["verdict"]})
-    for task, now in current["tasks"].items():
-        before = previous["tasks"].get(task)
-        if before is None:
-            continue
-        if now["verdict"] != before["verdict"]:
-            events.append({"kind": "task_verdict", "task": task, "from": before["verdict"],
-                           "to": now["verdict"]})
-        for measure in ("diff", "candidate", "baseline"):
-            a, b = before.get(measure), now.get(measure)
-            if a is not None and b is not None and abs(b - a) > margin + 1e-12:
-                events.append({"kind": "shift", "task": task, "measure": measure, "from": a, "to": b,
-                               "shift": b - a})
-    return events
+    return done[-1] if done else None
 
 
 # -- alerts ------------------------------------------------------------------------------------

@@ -18,16 +18,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from dsparity.errors import DsparityError
 from dsparity.evals import provenance
-from dsparity.evals.backends import Backend, identity_key, make_backend
-from dsparity.evals.backends.base import ScoreRequest
+from dsparity.evals.accounting.pricing import BUILTIN_PRICES, Price, price_for
+from dsparity.evals.backends import Backend, context_fit, identity_key, make_backend
+from dsparity.evals.backends.base import Request, ScoreRequest
 from dsparity.evals.graders import GradeInput, get_grader
 from dsparity.evals.graders.base import GradeUnavailable
 from dsparity.evals.logprobs import describe
-from dsparity.evals.pricing import BUILTIN_PRICES, Price, price_for
 from dsparity.evals.specs import ModelSpec
-from dsparity.evals.store import SampleKey, SampleRecord, Store
+from dsparity.evals.storage.store import SampleKey, SampleRecord, Store
+from dsparity.evals.storage.writer import GroupWriter
 from dsparity.evals.tasks import TaskItem, TaskSpec
-from dsparity.evals.writer import GroupWriter
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,10 @@ class RunSettings:
     judge: str | None = None  # --judge: the judge of every judge grader, over the task's own
     budget: float | None = None  # stop sending once the run has cost this much
     prices: dict[str, Price] = field(default_factory=lambda: dict(BUILTIN_PRICES))
+    # How the command chose what it ran beyond the above (--suite / --tasks as typed, --include,
+    # --size, --budget, --prices): kept with the run for the report's reproduce line, not part of
+    # what identifies the run.
+    command: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """What identifies the run (the budget does not: raising it continues the same run; nor
@@ -144,7 +148,8 @@ def _open_run(store: Store, spec: ModelSpec, backend: Backend, tasks: list[TaskS
     fields = dict(
         model_spec=spec.text, label=spec.label, identity=backend.identity, suite=settings.suite,
         tasks=task_info,
-        settings=settings.recorded() | {"price": {"name": price[0], **price[1].to_dict()} if price else None},
+        settings=settings.recorded() | {"price": {"name": price[0], **price[1].to_dict()} if price else None,
+                                        "command": settings.command},
         provenance=provenance.collect() | {"seed": settings.seed})
     generation = _newest_generation(store, base)
     if not settings.fresh:
@@ -189,11 +194,13 @@ async def _generate_all(store: Store, backend: Backend, tasks: list[TaskSpec], s
     hits = store.cached_many(list(keys.values())) if settings.cache else {}
     writer = GroupWriter(store)
 
-    async def save(item: TaskItem, repeat: int, request, completion, cache_key: str, cached: bool) -> None:
+    async def save(item: TaskItem, repeat: int, request, completion, cache_key: str | None, cached: bool,
+                   cut: dict | None = None) -> None:
         cost = None if price is None else (0.0 if cached else price.cost(completion.usage))
         result.cost += cost or 0.0
+        stored = request.to_dict() | ({"context_cut": cut} if cut else {})
         fields = dict(doc_hash=item.doc_hash, prompt_hash=item.prompt_hash, target=item.target,
-                      doc=item.doc, request=request.to_dict(), cached=int(cached), cost=cost)
+                      doc=item.doc, request=stored, cached=int(cached), cost=cost)
         await writer.write(SampleRecord(result.run_id, SampleKey(item.task, item.doc_id, repeat), fields,
                                         completion, cache_key, refresh_cache=not settings.cache))
         if completion.error:
@@ -204,9 +211,13 @@ async def _generate_all(store: Store, backend: Backend, tasks: list[TaskSpec], s
     async def one(item: TaskItem, repeat: int) -> None:
         request = _request_for(item, repeat, settings)
         cache_key = keys[(item.task, item.doc_id, repeat)]
-        if (completion := hits.get(cache_key)) is not None:
+        # Cut to the model's context; a prompt that does not fit is stored as an error, unsent.
+        fitted = await context_fit.fit(backend, request) if isinstance(request, Request) else None
+        if fitted is not None and fitted.overflow is not None:
+            await save(item, repeat, request, fitted.overflow, None, cached=False)
+        elif (completion := hits.get(cache_key)) is not None:
             result.from_cache += 1
-            await save(item, repeat, request, completion, cache_key, cached=True)
+            await save(item, repeat, request, completion, cache_key, cached=True, cut=fitted and fitted.cut)
         else:
             # The slot is held until the answer is stored, so a crash can lose at most
             # `concurrency` answers, and only those are ever requested twice.
@@ -220,9 +231,10 @@ async def _generate_all(store: Store, backend: Backend, tasks: list[TaskSpec], s
                     if completion.ok and not completion.text:
                         completion.text = describe(request, completion.scores or [])
                 else:
-                    completion = await backend.generate(request)
+                    completion = await backend.generate(fitted.request if fitted else request)
                 result.sent += 1
-                await save(item, repeat, request, completion, cache_key, cached=False)
+                await save(item, repeat, request, completion, cache_key, cached=False,
+                           cut=fitted and fitted.cut)
         advance()
 
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),

@@ -49,7 +49,7 @@ OPENAI_KEYS = {
     "stream": "true | false",
     "rpm": "requests per minute at most (float)",
     "tpm": "tokens per minute at most (float)",
-    "price": "price row for cost accounting (see dsparity.evals.pricing)",
+    "price": "price row for cost accounting (see dsparity.evals.accounting.pricing)",
 }
 INT_KEYS = {"topk", "threads", "max_batch", "concurrency", "retries", "sink", "block_size"}
 ZERO_OK = {"retries", "sink"}  # int keys where 0 means "none"

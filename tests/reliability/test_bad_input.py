@@ -9,7 +9,7 @@ import pytest
 from task_folders import TASK_YAML, write_task
 
 from dsparity import cli
-from dsparity.evals.store import Store
+from dsparity.evals.storage.store import Store
 
 TASK_FILES = {
     "bad_yaml": ("task: [unclosed\n", "not valid YAML"),
@@ -51,6 +51,9 @@ def _cases(tmp_path: Path) -> list[tuple[list[str], str]]:
         (["run", "--model", "local:x", "--limit", "0"], "--limit"),
         (["run", "--model", "local:x", "--repeats", "0"], "--repeats"),
         (["compare", "--margin", "2"], "--margin"),
+        (["compare", "--margin", "0"], "--margin"),
+        (["compare", "--margin", "nan"], "--margin"),
+        (["report", "feedface", "deadbeef", "--margin", "-0.1"], "--margin"),  # before the runs are read
         (["compare", "--budget", "-1"], "--budget"),
         (["run", "--model"], "--model"),
         (["frobnicate"], "No such command"),
@@ -60,6 +63,8 @@ def _cases(tmp_path: Path) -> list[tuple[list[str], str]]:
         # stores and prices
         (["runs", "--db", "mysql+nodriver://x/y"], "--db"),
         (["report", "feedface", "deadbeef"], "no such run"),
+        (["export", "feedface"], "no such run"),
+        (["export", "feedface", "--format", "csv"], "--format"),
     ]
     prices_bad = tmp_path / "prices.yaml"
     prices_bad.write_text("m: {input: 1}\n")

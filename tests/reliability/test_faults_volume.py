@@ -5,10 +5,10 @@ import asyncio
 from faults import FAULTS, FaultServer
 from task_folders import make_suite
 
-from dsparity.evals.compare import compare_runs
+from dsparity.evals.comparison.pairing import compare_runs
 from dsparity.evals.runner import RunSettings, execute_run
 from dsparity.evals.specs import parse_spec
-from dsparity.evals.store import Store
+from dsparity.evals.storage.store import Store
 from dsparity.evals.tasks import load_tasks
 
 N = 2000

@@ -61,11 +61,11 @@ def test_full_disk_stops_cleanly_and_the_run_resumes(tmp_path, small_disk):
 def test_a_10_mb_answer_is_stored_truncated_and_the_report_renders(tmp_path):
     import asyncio
 
-    from dsparity.evals.compare import compare_runs
+    from dsparity.evals.comparison.pairing import compare_runs
     from dsparity.evals.report import render
     from dsparity.evals.runner import RunSettings, execute_run
     from dsparity.evals.specs import parse_spec
-    from dsparity.evals.store import MAX_TEXT_CHARS, Store
+    from dsparity.evals.storage.store import MAX_TEXT_CHARS, Store
     from dsparity.evals.tasks import load_tasks
 
     tasks = load_tasks(names=["bulk"], include=[make_suite(tmp_path / "t" / "bulk", 2)])

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
 
@@ -21,7 +21,9 @@ class Request:
     stop: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        # A shallow copy rather than dataclasses.asdict, which deep-copies: this runs several
+        # times per request (cache key, stored row), thousands of times a second.
+        d = _shallow(self)
         d["messages"] = [{"role": r, "content": c} for r, c in self.messages]
         d["stop"] = list(self.stop)
         return d
@@ -92,6 +94,10 @@ class ScoreRequest:
                             bool(d.get("rolling", False)))
 
 
+def _shallow(obj) -> dict[str, Any]:
+    return {f.name: getattr(obj, f.name) for f in fields(obj)}
+
+
 def request_from_dict(d: dict[str, Any]) -> Request | ScoreRequest:
     return ScoreRequest.from_dict(d) if d.get("kind") == "score" else Request.from_dict(d)
 
@@ -103,6 +109,9 @@ class Usage:
     reasoning_tokens: int = 0
     cache_hit_tokens: int = 0  # DeepSeek: prompt_cache_hit_tokens
     cache_miss_tokens: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        return _shallow(self)
 
 
 @dataclass
@@ -124,7 +133,7 @@ class Completion:
         return self.error is None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return _shallow(self) | {"usage": self.usage.to_dict()}
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> Completion:

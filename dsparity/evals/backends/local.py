@@ -88,6 +88,9 @@ class LocalBackend:
         return len(self.tokenizer.apply_chat_template(_messages(request), add_generation_prompt=True,
                                                       tokenize=True, return_dict=False))
 
+    async def count_tokens(self, request: Request) -> int:
+        return self.prompt_tokens(request)
+
     def cancel_all(self) -> None:
         """Stop everything queued or running (at the next token): the server is shutting down."""
         for event in list(self._cancels):

@@ -2,12 +2,14 @@
 
 Bounded concurrency; retries with exponential backoff on 429, 5xx and network faults, honouring
 Retry-After and pausing every worker after a 429; no retry of other 4xx; optional request and
-token rate limits; several base URLs (replicas) with each request sent to the least busy one.
+token rate limits; several base URLs (replicas) with each request sent to the least busy one;
+HTTP over pooled keep-alive connections (backends/http.py), not the openai client.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import time
@@ -15,12 +17,10 @@ from typing import Any
 from urllib.parse import urlparse
 
 import numpy as np
-import openai
-from openai.types import Completion as TextCompletion
-from openai.types.chat import ChatCompletion
 
 from dsparity.errors import DsparityError
 from dsparity.evals.backends.base import Completion, Request, ScoreRequest, Span, Usage
+from dsparity.evals.backends.http import ConnectionFailure, JSONEndpoint, StatusError, TimeoutFailure
 from dsparity.evals.backends.limits import CoolDown, RateLimiter
 from dsparity.evals.specs import ModelSpec
 from dsparity.redact import redact, secret
@@ -31,12 +31,9 @@ MAX_RETRY_AFTER_S = 120.0
 
 
 class _Replica:
-    def __init__(self, url: str, key: str, timeout: float):
+    def __init__(self, url: str, key: str, timeout: float, connections: int):
         self.url = url
-        # aiohttp as the transport: several times less client overhead per request than the
-        # default httpx one at high concurrency (measured by bench/harness_overhead.py).
-        self.client = openai.AsyncOpenAI(base_url=url, api_key=key or "EMPTY", max_retries=0,
-                                         timeout=timeout, http_client=openai.DefaultAioHttpClient())
+        self.http = JSONEndpoint(url, key, timeout, connections)  # pooled keep-alive connections
         self.in_flight = 0
         self.sent = 0
 
@@ -55,7 +52,7 @@ class OpenAIBackend:
             raise DsparityError(f"model spec {spec.text}", "api_key_env",
                                 f"environment variable {key_env} is not set",
                                 f"export {key_env}=... or name another variable with api_key_env=")
-        self.replicas = [_Replica(u, self._key, self.timeout) for u in urls]
+        self.replicas = [_Replica(u, self._key, self.timeout, self.concurrency) for u in urls]
         self.identity: dict[str, Any] = {
             "kind": "openai", "model": spec.name,
             "endpoint": spec.opt("label") or ",".join(sorted(urls)),
@@ -66,6 +63,7 @@ class OpenAIBackend:
         self._cool_down = CoolDown()
         self.attempts = 0  # requests actually put on the wire (all replicas, all retries)
         self.max_model_len: int | None = None  # from /models where the server says (vLLM, ours)
+        self._tokenize_route: bool | None = None  # False once the server showed it has none
 
     async def start(self) -> None:
         try:
@@ -79,25 +77,28 @@ class OpenAIBackend:
         """Fail fast with one readable line when the URL, key or model name is wrong."""
         where = f"model spec {self.spec.text}"
         try:
-            models = await replica.client.models.list()
-            names = [m.id for m in models.data]
-            for m in models.data:
-                length = (m.model_extra or {}).get("max_model_len") if m.id == self.spec.name else None
-                if isinstance(length, int) and length > 0:
-                    self.max_model_len = min(length, self.max_model_len or length)
-        except openai.AuthenticationError:
-            if not self._key:
+            models = (await replica.http.get("/models"))["data"]
+            names = [m["id"] for m in models]
+        except StatusError as exc:
+            if exc.status == 401 and not self._key:
                 raise DsparityError(where, "api_key_env", f"{replica.url} asks for an API key and this "
                                     "spec sends none", "name the variable that holds the key: add "
                                     "api_key_env=NAME to the spec") from None
-            raise DsparityError(where, "api key", f"{replica.url} rejected the API key",
-                                "check the key in the environment variable") from None
-        except (openai.APIConnectionError, openai.APITimeoutError):
+            if exc.status == 401:
+                raise DsparityError(where, "api key", f"{replica.url} rejected the API key",
+                                    "check the key in the environment variable") from None
+            raise DsparityError(where, "base URL", f"{replica.url}/models answered HTTP {exc.status}",
+                                "give the API's base URL (usually ending in /v1)") from None
+        except (ConnectionFailure, TimeoutFailure):
             raise DsparityError(where, "base URL", f"cannot connect to {replica.url}",
                                 "check that the server is running and the URL is right") from None
-        except openai.APIStatusError as exc:
-            raise DsparityError(where, "base URL", f"{replica.url}/models answered HTTP {exc.status_code}",
-                                "give the API's base URL (usually ending in /v1)") from None
+        except (ValueError, KeyError, TypeError):
+            raise DsparityError(where, "base URL", f"{replica.url}/models did not answer with a model "
+                                "list", "give the API's base URL (usually ending in /v1)") from None
+        for m in models:
+            length = m.get("max_model_len") if m["id"] == self.spec.name else None
+            if isinstance(length, int) and length > 0:
+                self.max_model_len = min(length, self.max_model_len or length)
         if names and self.spec.name not in names:
             raise DsparityError(where, "model", f"{self.spec.name!r} is not served at {replica.url}",
                                 f"use one of: {', '.join(names[:10])}")
@@ -108,9 +109,9 @@ class OpenAIBackend:
         for replica in self.replicas:
             try:
                 result = await self._score_once(replica, probe)
-            except openai.APIStatusError as exc:
-                problem = f"POST {replica.url}/completions answered HTTP {exc.status_code}"
-            except (openai.APIConnectionError, openai.APITimeoutError) as exc:
+            except StatusError as exc:
+                problem = f"POST {replica.url}/completions answered HTTP {exc.status}"
+            except (ConnectionFailure, TimeoutFailure) as exc:
                 problem = f"POST {replica.url}/completions failed ({type(exc).__name__})"
             except (_Incomplete, ValueError, KeyError, TypeError, AttributeError) as exc:
                 problem = f"{replica.url}/completions gave no prompt log-probs ({exc})"
@@ -126,6 +127,30 @@ class OpenAIBackend:
 
     def context_length(self) -> int | None:
         return self.max_model_len
+
+    async def count_tokens(self, request: Request) -> int | None:
+        """The prompt's tokens with its chat template, as the server counts them: POST /tokenize
+        at the server's root with the messages (vLLM, `dsparity serve`). None where the server
+        has no such route (asked once) or did not answer."""
+        if self._tokenize_route is False:
+            return None
+        replica = self.replicas[0]
+        url = replica.url.removesuffix("/v1") + "/tokenize"
+        body = {"model": self.spec.name, "add_generation_prompt": True,
+                "messages": [{"role": r, "content": c} for r, c in request.messages]}
+        async with self._slots:
+            try:
+                count = (await replica.http.post(url, body))["count"]
+            except StatusError as exc:
+                if exc.status not in RETRYABLE_STATUS:
+                    self._tokenize_route = False
+                return None
+            except (ConnectionFailure, TimeoutFailure):
+                return None
+            except (ValueError, KeyError, TypeError):
+                self._tokenize_route = False
+                return None
+        return count if isinstance(count, int) and count >= 0 else None
 
     async def generate(self, request: Request) -> Completion:
         return await self._timed(request, self._stream if self.stream else self._once)
@@ -155,21 +180,19 @@ class OpenAIBackend:
             delay = _backoff(attempt)
             try:
                 return await call(replica, request)
-            except openai.APIStatusError as exc:
-                last = self._error(f"HTTP {exc.status_code} from {replica.url}",
-                                   _status_class(exc.status_code))
-                if exc.status_code not in RETRYABLE_STATUS:
+            except StatusError as exc:
+                last = self._error(f"HTTP {exc.status} from {replica.url}", _status_class(exc.status))
+                if exc.status not in RETRYABLE_STATUS:
                     return last
-                if (after := _retry_after(exc.response)) is not None:
+                if (after := _retry_after(exc.retry_after)) is not None:
                     delay = after
-                if exc.status_code == 429:
+                if exc.status == 429:
                     self._cool_down.push(delay)
-            except openai.APITimeoutError:
+            except TimeoutFailure:
                 last = self._error(f"timed out after {self.timeout:g} s at {replica.url}", "timeout")
-            except openai.APIConnectionError as exc:
+            except ConnectionFailure as exc:
                 last = self._error(f"connection to {replica.url} failed: {exc}", "connection")
-            except (ValueError, KeyError, TypeError, AttributeError,
-                    openai.APIResponseValidationError) as exc:
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 last = self._error(f"malformed response from {replica.url}: {exc}", "protocol")
             except _Incomplete as exc:
                 last = self._error(f"{exc} from {replica.url}", "protocol")
@@ -200,34 +223,34 @@ class OpenAIBackend:
         return params
 
     async def _once(self, replica: _Replica, request: Request) -> Completion:
-        # `post` is the client's public low-level call: the same request and the same typed
-        # response as `chat.completions.create`, without re-validating a body we built ourselves
-        # (a third of the client's time per request at high concurrency).
-        resp = await replica.client.post("/chat/completions", body=self._params(request),
-                                         cast_to=ChatCompletion)
-        if not resp.choices:
+        resp = await replica.http.post("/chat/completions", self._params(request))
+        if not resp.get("choices"):
             raise _Incomplete("response had no choices")
-        choice = resp.choices[0]
-        message = choice.message
-        text, reasoning = message.content, getattr(message, "reasoning_content", None)
+        choice = resp["choices"][0]
+        message = choice["message"]
+        text, reasoning = message.get("content"), message.get("reasoning_content")
         if text is None and not reasoning:
             raise _Incomplete("response had neither content nor reasoning")
-        return Completion(text=text or "", reasoning=reasoning or "",
-                          finish_reason=choice.finish_reason, usage=_usage(resp.usage))
+        return Completion(text=_text(text), reasoning=_text(reasoning),
+                          finish_reason=choice.get("finish_reason"), usage=_usage(resp.get("usage")))
 
     async def _stream(self, replica: _Replica, request: Request) -> Completion:
-        stream = await replica.client.chat.completions.create(
-            **self._params(request), stream=True, stream_options={"include_usage": True})
+        body = self._params(request) | {"stream": True, "stream_options": {"include_usage": True}}
         text, reasoning, finish, usage = [], [], None, Usage()
-        async for chunk in stream:
-            if chunk.usage:
-                usage = _usage(chunk.usage)
-            for choice in chunk.choices:
-                if choice.delta.content:
-                    text.append(choice.delta.content)
-                if part := getattr(choice.delta, "reasoning_content", None):
-                    reasoning.append(part)
-                finish = choice.finish_reason or finish
+        # aclosing: a stream left early (a bad event) gives its connection back at once
+        async with contextlib.aclosing(replica.http.stream("/chat/completions", body)) as events:
+            async for chunk in events:
+                if chunk.get("error"):  # a server that fails mid-stream says so in an event
+                    raise _Incomplete(f"stream error: {chunk['error']}")
+                if chunk.get("usage"):
+                    usage = _usage(chunk["usage"])
+                for choice in chunk.get("choices") or ():
+                    delta = choice.get("delta") or {}
+                    if delta.get("content"):
+                        text.append(_text(delta["content"]))
+                    if part := delta.get("reasoning_content"):
+                        reasoning.append(_text(part))
+                    finish = choice.get("finish_reason") or finish
         if finish is None:
             raise _Incomplete("stream ended without a finish reason")
         return Completion(text="".join(text), reasoning="".join(reasoning), finish_reason=finish,
@@ -241,17 +264,17 @@ class OpenAIBackend:
                                 "logprobs": max(1, request.top_n), "max_tokens": 1, "temperature": 0}
         if tokenized:  # vLLM's extension: tokens named "token_id:N", so alternatives map to ids
             body["return_tokens_as_token_ids"] = True
-        resp = await replica.client.post("/completions", body=body, cast_to=TextCompletion)
-        choices = sorted(resp.choices, key=lambda c: c.index)
+        resp = await replica.http.post("/completions", body)
+        choices = sorted(resp["choices"], key=lambda c: c["index"])
         if len(choices) != len(prompts):
             raise _Incomplete(f"{len(choices)} choices for {len(prompts)} prompts")
-        scores = [_span_scores(span, choice.logprobs, request.top_n).pack()
+        scores = [_span_scores(span, choice.get("logprobs"), request.top_n).pack()
                   for span, choice in zip(request.spans, choices, strict=True)]
-        return Completion(finish_reason="scored", scores=scores, usage=_usage(resp.usage))
+        return Completion(finish_reason="scored", scores=scores, usage=_usage(resp.get("usage")))
 
     async def close(self) -> None:
         for replica in self.replicas:
-            await replica.client.close()
+            await replica.http.close()
 
 
 class _Incomplete(Exception):
@@ -271,21 +294,22 @@ def _span_scores(span: Span, logprobs, top_n: int):
     continuation, as the first token the context did not fully determine)."""
     from dsparity.evals.logprobs import SpanScores
 
-    if logprobs is None or logprobs.token_logprobs is None:
+    if not logprobs or logprobs.get("token_logprobs") is None:
         raise _Incomplete("the answer has no logprobs")
-    lps, tops = logprobs.token_logprobs, logprobs.top_logprobs or []
+    lps, tops = logprobs["token_logprobs"], logprobs.get("top_logprobs") or []
+    tokens_all = logprobs.get("tokens") or []
     if span.tokenized:
         start, end = len(span.context), len(span.context) + len(span.continuation)
     else:
-        offsets = logprobs.text_offset or []
+        offsets = logprobs.get("text_offset") or []
         cut, whole = len(span.context), len(span.context) + len(span.continuation)
-        start = next((i for i, o in enumerate(offsets) if o + len(logprobs.tokens[i]) > cut), len(offsets))
+        start = next((i for i, o in enumerate(offsets) if o + len(tokens_all[i]) > cut), len(offsets))
         end = next((i for i, o in enumerate(offsets) if o >= whole), len(offsets))
         start = max(start, 1)  # the first token of a prompt has no log-prob
     if end > len(lps) or start >= end or any(v is None for v in lps[start:end]):
         raise _Incomplete("the echoed prompt has no log-probs for the continuation")
     n = end - start
-    tokens = [_token_key(t) for t in logprobs.tokens[start:end]]
+    tokens = [_token_key(t) for t in tokens_all[start:end]]
     top_ids = top_lps = None
     greedy = np.ones(n, dtype=bool)
     width = max(1, top_n)
@@ -314,17 +338,24 @@ def _token_key(token: str) -> int | str:
     return token
 
 
-def _usage(u) -> Usage:
-    if u is None:
+def _text(value) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise _Incomplete(f"the answer's text is a {type(value).__name__}, not a string")
+    return value
+
+
+def _usage(u: dict[str, Any] | None) -> Usage:
+    if not u:
         return Usage()
-    details = getattr(u, "completion_tokens_details", None)
-    extra = getattr(u, "model_extra", None) or {}
+    details = u.get("completion_tokens_details") or {}
     return Usage(
-        prompt_tokens=u.prompt_tokens or 0,
-        completion_tokens=u.completion_tokens or 0,
-        reasoning_tokens=(getattr(details, "reasoning_tokens", 0) or 0) if details else 0,
-        cache_hit_tokens=int(extra.get("prompt_cache_hit_tokens") or 0),
-        cache_miss_tokens=int(extra.get("prompt_cache_miss_tokens") or 0),
+        prompt_tokens=int(u.get("prompt_tokens") or 0),
+        completion_tokens=int(u.get("completion_tokens") or 0),
+        reasoning_tokens=int(details.get("reasoning_tokens") or 0),
+        cache_hit_tokens=int(u.get("prompt_cache_hit_tokens") or 0),
+        cache_miss_tokens=int(u.get("prompt_cache_miss_tokens") or 0),
     )
 
 
@@ -334,10 +365,10 @@ def _status_class(status: int) -> str:
     return "server_error" if status >= 500 else "client_error"
 
 
-def _retry_after(response) -> float | None:
+def _retry_after(header: str | None) -> float | None:
     try:
-        value = float(response.headers.get("retry-after"))
-    except (TypeError, ValueError, AttributeError):
+        value = float(header)
+    except (TypeError, ValueError):
         return None
     return min(max(value, 0.0), MAX_RETRY_AFTER_S)
 

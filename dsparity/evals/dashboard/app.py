@@ -25,8 +25,12 @@ from dsparity.evals.dashboard.views import (
     DIFF_WORK,
     FILTERS,
     PAGE_DIFF_WORK,
+    RUN_FILTERS,
     filter_rows,
+    filter_run_rows,
     pair_index,
+    run_index,
+    run_page_rows,
     trend_svg,
     with_texts,
     word_diff,
@@ -34,7 +38,7 @@ from dsparity.evals.dashboard.views import (
 from dsparity.evals.report import _env as report_env
 from dsparity.evals.report import reproduce_command
 from dsparity.evals.report.charts import forest_plot_svg
-from dsparity.evals.store import Store
+from dsparity.evals.storage.store import Store
 from dsparity.redact import redact
 
 STATIC = Path(__file__).parent / "static"
@@ -165,14 +169,36 @@ def create_app(store: Store | str, *, token: str | None = None) -> FastAPI:
         return page("index.j2.html", comparisons=comparisons, runs=runs, f=f, suites=suites, jobs=jobs,
                     pages={"cpage": cpage, "rpage": rpage})
 
-    @app.get("/runs/{run_id}", response_class=HTMLResponse)
-    def run_page(run_id: IdParam):
+    def run_or_404(run_id: str) -> dict[str, Any]:
         try:
-            run = store.run(run_id)
+            return store.run(run_id)
         except Exception:
             raise HTTPException(404, "no such run") from None
+
+    @app.get("/runs/{run_id}", response_class=HTMLResponse)
+    def run_page(run_id: IdParam):
+        run = run_or_404(run_id)
         per_task, errors = queries.run_figures(store, run["id"])
         return page("run.j2.html", run=run, errors=errors, per_task=per_task)
+
+    @app.get("/runs/{run_id}/samples", response_class=HTMLResponse)
+    def run_samples_page(run_id: IdParam, filter: ShortText = "all", task: ShortText = "", q: ShortText = "",
+                         page_no: Annotated[int, Query(alias="page", ge=1, le=100_000)] = 1):
+        """One run's samples a page at a time: filters over light columns, search inside the
+        database, texts read (and cut) for the page's rows only."""
+        if filter not in RUN_FILTERS:
+            raise HTTPException(400, f"filter: expected one of {', '.join(RUN_FILTERS)}")
+        run = run_or_404(run_id)
+        index = run_index(store, run["id"])
+        matching = queries.search(store, [run["id"]], q) if q else None
+        shown = filter_run_rows(index, kind=filter, task=task, matching=matching)
+        size = queries.SAMPLE_ROWS
+        pages = max(1, math.ceil(len(shown) / size))
+        rows = run_page_rows(store, run["id"], shown[(page_no - 1) * size: page_no * size], SHOWN_CHARS)
+        counts = {k: len(filter_run_rows(index, kind=k, task="")) for k in RUN_FILTERS}
+        return page("run_samples.j2.html", run=run, rows=rows, total=len(shown), counts=counts,
+                    tasks=sorted({r["task"] for r in index}), page_no=page_no, pages=pages,
+                    f={"filter": filter, "task": task, "q": q})
 
     def comparison_or_404(cid: str) -> dict[str, Any]:
         row = store.comparison(cid)

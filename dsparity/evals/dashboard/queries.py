@@ -13,10 +13,10 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Text, cast, func, or_, select, tuple_
+from sqlalchemy import Text, case, cast, func, or_, select, tuple_
 
 from dsparity.evals.logprobs import prompt_of
-from dsparity.evals.store import Store, comparisons, grades, job_runs, jobs, runs, samples
+from dsparity.evals.storage.store import Store, comparisons, grades, job_runs, jobs, runs, samples
 
 PAGE_ROWS = 50  # comparisons, runs and job runs per page
 SAMPLE_ROWS = 25  # samples per page (each shows two answers, their grades and a word diff)
@@ -101,6 +101,9 @@ def runs_page(store: Store, *, model: str, suite: str, job: str, lo: float | Non
         rows = [dict(r) for r in c.execute(_window(q, number, size)).mappings()]
         ids = [r["id"] for r in rows]
         owner: dict[str, str] = {}
+        stored = {run_id: (int(n), int(e or 0)) for run_id, n, e in c.execute(
+            select(samples.c.run_id, func.count(), func.sum(case((samples.c.error.is_not(None), 1), else_=0)))
+            .where(samples.c.run_id.in_(ids)).group_by(samples.c.run_id))} if ids else {}
         if ids:
             for cand, base, name in c.execute(select(job_runs.c.candidate_run, job_runs.c.baseline_run,
                                                      job_runs.c.job).where(or_(job_runs.c.candidate_run.in_(ids),
@@ -109,6 +112,7 @@ def runs_page(store: Store, *, model: str, suite: str, job: str, lo: float | Non
     for r in rows:
         r["job"] = owner.get(r["id"], "")
         r["items"] = sum(int((t or {}).get("n_items") or 0) for t in (r.pop("tasks") or {}).values())
+        r["stored"], r["errors"] = stored.get(r["id"], (0, 0))
     return Page(rows, total, number, size)
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from dsparity.evals.dashboard import queries
 from dsparity.evals.logprobs import prompt_of
-from dsparity.evals.store import Store
+from dsparity.evals.storage.store import Store
 
 FILTERS = ("all", "disagreements", "regressions", "errors")
 DIFF_CHARS = 4000  # longer answers are diffed on their first characters only (as many as shown)...
@@ -91,6 +91,46 @@ def with_texts(store: Store, candidate_run: str, baseline_run: str, rows: list[d
             "prompt": prompt_of(first["request"]) if first["request"] else "", "target": first["target"],
             "candidate": _side(*got["candidate"]) if "candidate" in got else None,
             "baseline": _side(*got["baseline"]) if "baseline" in got else None}))
+    return out
+
+
+RUN_FILTERS = ("all", "wrong", "errors")  # a run's samples: every one, below full marks, errored
+
+
+def run_index(store: Store, run_id: str) -> list[dict[str, Any]]:
+    """Every sample of one run without its texts, in key order: what its filters need."""
+    return [{"task": k[0], "doc_id": k[1], "repeat": k[2], **v}
+            for k, v in sorted(queries.sample_index(store, run_id).items())]
+
+
+def filter_run_rows(rows: list[dict], *, kind: str, task: str,
+                    matching: set[tuple] | None = None) -> list[dict]:
+    def keep(r: dict) -> bool:
+        if kind == "errors" and not r["errored"]:
+            return False
+        if kind == "wrong" and (r["errored"] or r["score"] is None or r["score"] >= 1.0):
+            return False
+        if task and r["task"] != task:
+            return False
+        return matching is None or (r["task"], r["doc_id"], r["repeat"]) in matching
+
+    return [r for r in rows if keep(r)]
+
+
+def run_page_rows(store: Store, run_id: str, rows: list[dict[str, Any]], chars: int) -> list[dict[str, Any]]:
+    """One page of a run's samples with prompt, target, answer (cut at `chars`, its length kept),
+    reasoning, error, grade and the context cut, read for these rows only."""
+    found, graded = queries.sample_rows(store, run_id, [(r["task"], r["doc_id"], r["repeat"]) for r in rows],
+                                        chars)
+    out = []
+    for r in rows:
+        key = (r["task"], r["doc_id"], r["repeat"])
+        s = found.get(key)
+        if s is None:
+            continue
+        request = s["request"] or {}
+        out.append(r | {"prompt": prompt_of(request) if request else "", "target": s["target"],
+                        "context_cut": request.get("context_cut"), "sample": _side(s, graded.get(key))})
     return out
 
 

@@ -1,6 +1,6 @@
 """Reports: JSON for machines, Markdown for pull requests and chat, one self-contained HTML file.
 
-All three render the same comparison dict (see `dsparity.evals.compare.compare_runs`) through
+All three render the same comparison dict (see `dsparity.evals.comparison.pairing.compare_runs`) through
 one template set; model output is always escaped (jinja2 autoescape) and nothing is loaded from
 outside the file.
 """
@@ -17,6 +17,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from dsparity.evals.report.charts import cost_svg, fidelity_svg, forest_plot_svg
 from dsparity.evals.specs import SERVED_DEFAULT_LABEL
+from dsparity.redact import redact
 
 VERDICT_WORDS = {
     "equivalent": "equivalent within the margin",
@@ -33,6 +34,7 @@ def _env() -> Environment:
                       trim_blocks=True, lstrip_blocks=True)
     env.filters["pct"] = lambda v: "n/a" if v is None else f"{100 * v:+.1f}"
     env.filters["pct0"] = lambda v: "n/a" if v is None else f"{100 * v:.1f}"
+    env.filters["score"] = score_text
     env.filters["p"] = lambda v: "n/a" if v is None else (f"{v:.3f}" if v >= 0.001 else "<0.001")
     env.filters["ci"] = lambda c: "n/a" if not c or c[0] is None else \
         f"[{100 * c[0]:+.1f}, {100 * c[1]:+.1f}]"
@@ -97,19 +99,46 @@ def heat_color(value: float, diverging: bool = False) -> str:
     return f"hsl({120 * max(0.0, min(1.0, value)):.0f}, 65%, 78%)"
 
 
+def score_text(v: float | None, unit: str = "points", *, signed: bool = False) -> str:
+    """A task row's score as the report shows it: percent for scores, nats for fidelity rows."""
+    if v is None:
+        return "n/a"
+    if unit != "points":
+        return f"{v:+.3f}" if signed else f"{v:.3f}"
+    return f"{100 * v:+.1f}" if signed else f"{100 * v:.1f}"
+
+
 def reproduce_command(comparison: dict[str, Any]) -> str:
+    """The `dsparity compare` command that makes this comparison again: every setting the runs
+    recorded, as flags (model specs with any secret masked). Where to write (--db, --out) and the
+    CI gate (--fail-on) are the reader's own choice."""
     c, b = comparison["candidate"], comparison["baseline"]
     settings = c["settings"]
-    parts = ["dsparity", "compare", "--candidate", c["model_spec"]]
+    command = settings.get("command") or {}
+    parts = ["dsparity", "compare", "--candidate", redact(c["model_spec"])]
     if b["label"] != SERVED_DEFAULT_LABEL:  # else the command serves the baseline itself
-        parts += ["--baseline", b["model_spec"]]
-    parts += ["--suite", settings["suite"]]
-    if not comparison.get("margins_from_tasks"):
-        parts += ["--margin", str(comparison["margin"])]
-    if settings.get("limit"):
-        parts += ["--limit", str(settings["limit"])]
-    if settings.get("repeats", 1) != 1:
-        parts += ["--repeats", str(settings["repeats"])]
+        parts += ["--baseline", redact(b["model_spec"])]
+    if command:
+        if command.get("suite") or not command.get("tasks"):
+            parts += ["--suite", command.get("suite") or settings["suite"]]
+        if command.get("tasks"):
+            parts += ["--tasks", command["tasks"]]
+        for folder in command.get("include") or []:
+            parts += ["--include", folder]
+    else:  # a run recorded before its command was: the suite names what ran
+        parts += ["--suite", settings["suite"]]
+    flags = [("--size", command.get("size")), ("--limit", settings.get("limit")),
+             ("--repeats", settings.get("repeats") if settings.get("repeats", 1) != 1 else None),
+             ("--seed", settings.get("seed") or None), ("--temperature", settings.get("temperature")),
+             ("--top-p", settings.get("top_p")),
+             ("--judge", redact(settings["judge"]) if settings.get("judge") else None),
+             ("--margin", None if comparison.get("margins_from_tasks") else comparison["margin"]),
+             ("--budget", command.get("budget")), ("--prices", command.get("prices"))]
+    for flag, value in flags:
+        if value is not None:
+            parts += [flag, str(value)]
+    if settings.get("cache") is False:  # asked the models again; --fresh (a new run or the
+        parts.append("--no-cache")       # stored one) is the reader's choice, like --db
     return shlex.join(parts)
 
 

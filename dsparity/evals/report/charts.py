@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from html import escape
 
-from dsparity.evals.fidelity import CURVE_BIN
+from dsparity.evals.stats.fidelity import CURVE_BIN
 
 CURVE_HALF_BIN = CURVE_BIN / 2
 

@@ -82,7 +82,8 @@ def _task_rows(comparisons: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for name in names:
         per = [next((t for t in c["tasks"] if t["task"] == name), None) for c in comparisons]
         base = next((t["mean_b"] for t in per if t and t.get("mean_b") is not None), None)
-        rows.append({"task": name, "baseline": base,
+        unit = next((t.get("unit", "points") for t in per if t), "points")
+        rows.append({"task": name, "baseline": base, "unit": unit,
                      "modes": [t.get("mean_a") if t else None for t in per],
                      "diffs": [t.get("diff") if t else None for t in per],
                      "verdicts": [t.get("verdict") if t else None for t in per],

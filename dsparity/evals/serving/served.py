@@ -23,8 +23,10 @@ def served_default(log=print):
 
     ensure_embedded(DEFAULT_MODEL, log)  # in this process, so a first use shows what it is doing
     port = free_port()
+    # No cap on new tokens below the model's context: the candidate, run in-process, gets all of
+    # it (the runner cuts a request to context - prompt), and the baseline must get the same.
     cmd = [sys.executable, "-m", "dsparity.cli", "serve", "--model", f"local:{DEFAULT_MODEL}",
-           "--port", str(port), "--name", DEFAULT_MODEL, "--quiet"]
+           "--port", str(port), "--name", DEFAULT_MODEL, "--quiet", "--max-tokens", str(2**30)]
     log(f"baseline server: dsparity serve on 127.0.0.1:{port}")
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
     try:

@@ -79,8 +79,13 @@ class CompletionRequest(BaseModel):
 
 
 class TokenizeRequest(BaseModel):
-    prompt: str
+    """vLLM's two forms: a text `prompt`, or chat `messages` counted with the chat template."""
+
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = Field(default=None, min_length=1)
     add_special_tokens: bool = True
+    add_generation_prompt: bool = True
 
 
 class DetokenizeRequest(BaseModel):
@@ -199,7 +204,16 @@ def create_app(backend: LocalBackend, model_name: str, limits: ServeLimits | Non
 
     @app.post("/tokenize")
     async def tokenize(body: TokenizeRequest) -> dict[str, Any]:
-        tokens = backend.tokenizer.encode(body.prompt, add_special_tokens=body.add_special_tokens)
+        if body.model is not None:
+            check_model(body.model)
+        if body.messages is not None:
+            chat = [{"role": m.role, "content": m.content or ""} for m in body.messages]
+            tokens = backend.tokenizer.apply_chat_template(
+                chat, add_generation_prompt=body.add_generation_prompt, tokenize=True, return_dict=False)
+        elif body.prompt is not None:
+            tokens = backend.tokenizer.encode(body.prompt, add_special_tokens=body.add_special_tokens)
+        else:
+            raise HTTPException(400, "give a prompt or messages")
         return {"tokens": tokens, "count": len(tokens), "max_model_len": context}
 
     @app.post("/detokenize")

@@ -27,17 +27,17 @@ from typing import Any
 from dsparity.errors import DsparityError
 from dsparity.evals.backends.base import Request, ScoreRequest, Span
 from dsparity.evals.graders import GRADERS
-from dsparity.evals.task_sample import pick
-from dsparity.evals.task_yaml import function_folder, included_files, read_config
 from dsparity.evals.taskgen.cache import GenOptions
+from dsparity.evals.tasks.files import function_folder, included_files, read_config
+from dsparity.evals.tasks.sample import pick
 
 _MARKER = "_dsparity_data.py"  # present in every built-in task folder, wherever it is installed
 
 
 def _find_builtin_tasks() -> Path:
     here = Path(__file__).resolve()
-    packaged = here.parents[1] / "builtin_tasks"  # dsparity/builtin_tasks in a wheel
-    checkout = here.parents[2] / "tasks"  # the repository's tasks/ in a checkout
+    packaged = here.parents[2] / "builtin_tasks"  # dsparity/builtin_tasks in a wheel
+    checkout = here.parents[3] / "tasks"  # the repository's tasks/ in a checkout
     for candidate in (packaged, checkout):
         if (candidate / _MARKER).exists():
             return candidate
@@ -98,7 +98,7 @@ class TaskSpec:
 
     @property
     def hub_dataset(self) -> str | None:
-        from dsparity.evals.task_hub import hub_dataset
+        from dsparity.evals.tasks.hub import hub_dataset
 
         return hub_dataset(self.config, self.settings)
 
@@ -146,7 +146,7 @@ def scan(task_dirs: list[Path]) -> tuple[dict[str, TaskSpec], list[DsparityError
 def read_spec(path: Path, *, templates: set[Path] | frozenset = frozenset(),
               default_suite: str = "custom") -> TaskSpec | None:
     """One task file as lm-eval reads it (includes merged); None for a group or a template."""
-    from dsparity.evals import task_fields
+    from dsparity.evals.tasks import fields as task_fields
 
     config = read_config(path)
     if "class" in config:
@@ -326,7 +326,7 @@ def select(specs: dict[str, TaskSpec], problems: list[DsparityError], *,
 
 def _from_registry(names: list[str], specs: dict[str, TaskSpec]) -> list[TaskSpec]:
     """Specs for task or group names found in lm-eval's installed registry (added to `specs`)."""
-    from dsparity.evals import task_registry
+    from dsparity.evals.tasks import registry as task_registry
 
     found = task_registry.find(names)
     missing = [n for n in names if n not in found]
@@ -361,7 +361,7 @@ def build_items(specs: list[TaskSpec], task_dirs: list[Path], *, limit: int | No
     `limit` keeps a fixed sample of each task's documents (`task_sample.pick`), not the first N."""
     from lm_eval.tasks import TaskManager
 
-    from dsparity.evals import task_fields
+    from dsparity.evals.tasks import fields as task_fields
 
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
     options = options or GenOptions.from_env()
@@ -382,7 +382,7 @@ def build_items(specs: list[TaskSpec], task_dirs: list[Path], *, limit: int | No
 
 
 def _build_task(spec: TaskSpec, task, limit: int | None, options: GenOptions) -> None:
-    from dsparity.evals.task_prompts import describe, walk
+    from dsparity.evals.tasks.prompts import describe, walk
 
     docs = list(task.eval_docs)
     spec.n_docs = len(docs)
@@ -405,7 +405,7 @@ def _build_task(spec: TaskSpec, task, limit: int | None, options: GenOptions) ->
 
 def _preflight(spec: TaskSpec) -> None:
     """Fail in one line before lm-eval starts: hub data that cannot be had, checkers that cannot run."""
-    from dsparity.evals import task_hub
+    from dsparity.evals.tasks import hub as task_hub
 
     repo = spec.hub_dataset
     if repo is not None:
@@ -438,8 +438,8 @@ def _load_error(specs: list[TaskSpec], exc: Exception) -> DsparityError:
 
 
 def _make_item(spec: TaskSpec, task, doc_id: int, doc: dict) -> TaskItem:
-    from dsparity.evals.task_fields import generation_info
-    from dsparity.evals.task_prompts import chat_messages
+    from dsparity.evals.tasks.fields import generation_info
+    from dsparity.evals.tasks.prompts import chat_messages
 
     messages = chat_messages(spec, task, doc)
     target = task.doc_to_target(doc)
@@ -471,7 +471,7 @@ def _score_item(spec: TaskSpec, task, doc_id: int, doc: dict) -> TaskItem:
 
     Generated documents that carry `tokens` (the fidelity suite) are scored as those very tokens,
     after the tokenizer's prefix token, so two models with one tokenizer score identical input."""
-    from dsparity.evals.task_prompts import score_arguments
+    from dsparity.evals.tasks.prompts import score_arguments
 
     doc = dict(doc)
     args = score_arguments(spec, task, doc_id, doc)

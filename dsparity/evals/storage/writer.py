@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
-from dsparity.evals.store import SampleRecord, Store
+from dsparity.evals.storage.store import SampleRecord, Store
 
 
 class GroupWriter:

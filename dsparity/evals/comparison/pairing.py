@@ -9,10 +9,12 @@ from typing import Any
 
 import numpy as np
 
-from dsparity.evals import fidelity, stats, usage
+from dsparity.evals import stats
+from dsparity.evals.accounting import usage
 from dsparity.evals.logprobs import prompt_of
-from dsparity.evals.pass_rates import pass_at_k_by_task
-from dsparity.evals.store import SampleKey, Store
+from dsparity.evals.stats import fidelity
+from dsparity.evals.stats.pass_rates import pass_at_k_by_task
+from dsparity.evals.storage.store import SampleKey, Store
 
 DEFAULT_MARGIN = 0.05  # 5 points: a difference a user of the smoke-sized suites could notice
 DEFAULT_ALPHA = 0.05

@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 
 from dsparity.errors import DsparityError
-from dsparity.evals.task_yaml import read_config
+from dsparity.evals.tasks.files import read_config
 
 
 def lm_eval_tasks_dir() -> Path | None:

@@ -9,10 +9,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from dsparity.evals.compare import compare_runs
+from dsparity.evals.comparison.pairing import compare_runs
 from dsparity.evals.runner import RunResult, RunSettings, execute_run, preflight
 from dsparity.evals.specs import ModelSpec
-from dsparity.evals.store import Store
+from dsparity.evals.storage.store import Store
 from dsparity.evals.tasks import TaskSpec
 
 

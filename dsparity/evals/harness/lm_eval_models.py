@@ -1,8 +1,8 @@
 """dsparity's backends as lm-eval models: `dsparity-local` and `dsparity-openai`.
 
-    python -m dsparity.evals.lm_eval_cli run --model dsparity-local \\
+    python -m dsparity.evals.harness.lm_eval_cli run --model dsparity-local \\
         --model_args model=smollm2-135m-instruct,attention=dsa,topk=256 --tasks ... --apply_chat_template
-    python -m dsparity.evals.lm_eval_cli run --model dsparity-openai \\
+    python -m dsparity.evals.harness.lm_eval_cli run --model dsparity-openai \\
         --model_args model=deepseek-chat,base_url=https://api.deepseek.com,api_key_env=DEEPSEEK_API_KEY ...
 
 lm-eval's plain `lm-eval` command cannot import a plugin model, hence the thin wrapper CLI that

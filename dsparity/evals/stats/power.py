@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from dsparity.evals import stats
-from dsparity.evals.compare import DEFAULT_ALPHA, DEFAULT_MARGIN
-from dsparity.evals.fidelity import DEFAULT_MARGIN as FIDELITY_MARGIN
+from dsparity.evals.comparison.pairing import DEFAULT_ALPHA, DEFAULT_MARGIN
+from dsparity.evals.stats.fidelity import DEFAULT_MARGIN as FIDELITY_MARGIN
 
 BINARY_GRADERS = {"exact", "contains", "code", "stdio", "choice", "math", "loglikelihood"}
 

@@ -13,7 +13,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,8 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    and_,
+    case,
     create_engine,
     event,
     func,
@@ -347,8 +349,7 @@ class Store:
     def record_many(self, records: list[SampleRecord]) -> None:
         """Write samples in one transaction (a group commit): all of them or none."""
         with self._storage_errors(), self.engine.begin() as c:
-            for r in records:
-                _write_sample(c, r)
+            _write_samples(c, records)
 
     @contextlib.contextmanager
     def _storage_errors(self):
@@ -370,6 +371,37 @@ class Store:
         with self.engine.connect() as c:
             total = c.execute(select(func.sum(samples.c.cost)).where(samples.c.run_id == run_id)).scalar()
         return float(total or 0.0)
+
+    def sample_counts(self) -> dict[str, tuple[int, int]]:
+        """Per run: (samples stored, of which errors), counted inside the database."""
+        errors = func.sum(case((samples.c.error.is_not(None), 1), else_=0))
+        q = select(samples.c.run_id, func.count(), errors).group_by(samples.c.run_id)
+        with self.engine.connect() as c:
+            return {run_id: (int(n), int(e or 0)) for run_id, n, e in c.execute(q)}
+
+    def item_scores(self, run_id: str) -> list[tuple[str, int, str, str, float]]:
+        """(task, doc_id, doc_hash, prompt_hash, score) of every answered, graded sample: what
+        pairing a run with another needs, without texts."""
+        q = select(samples.c.task, samples.c.doc_id, samples.c.doc_hash, samples.c.prompt_hash,
+                   grades.c.score).select_from(samples.join(grades, and_(
+                       grades.c.run_id == samples.c.run_id, grades.c.task == samples.c.task,
+                       grades.c.doc_id == samples.c.doc_id, grades.c.repeat == samples.c.repeat))).where(
+            samples.c.run_id == run_id, samples.c.error.is_(None))
+        with self.engine.connect() as c:
+            return [tuple(r) for r in c.execute(q)]
+
+    def iter_samples(self, run_id: str, batch: int = 200) -> Iterator[dict[str, Any]]:
+        """Every sample of a run with its grade (`grader`, `score`, `passed`, `grade_details`;
+        None when it has none), in key order, a batch at a time rather than all at once."""
+        graded = samples.outerjoin(grades, and_(
+            grades.c.run_id == samples.c.run_id, grades.c.task == samples.c.task,
+            grades.c.doc_id == samples.c.doc_id, grades.c.repeat == samples.c.repeat))
+        q = select(samples, grades.c.grader, grades.c.score, grades.c.passed,
+                   grades.c.details.label("grade_details")).select_from(graded).where(
+            samples.c.run_id == run_id).order_by(samples.c.task, samples.c.doc_id, samples.c.repeat)
+        with self.engine.connect() as c:
+            for row in c.execution_options(yield_per=batch).execute(q).mappings():
+                yield dict(row)
 
     def samples(self, run_id: str) -> list[dict[str, Any]]:
         q = select(samples).where(samples.c.run_id == run_id).order_by(
@@ -538,35 +570,87 @@ class SampleRecord:
     refresh_cache: bool = False  # --no-cache: the fresh answer replaces a cached one
 
 
-def _write_sample(c, r: SampleRecord) -> None:
-    """Insert one sample and its cache entry; never overwrite an answer, replace an error."""
+def _write_samples(c, records: list[SampleRecord]) -> None:
+    """Insert samples and their cache entries; never overwrite an answer, replace an error.
+
+    Two statements per batch, not several per sample (each costs about a millisecond at the rate
+    a fast endpoint answers; bench/harness_overhead.py): the samples go in as one upsert that
+    replaces a stored row only where it holds an error, the cache entries as one insert that
+    skips keys already cached (by a racing process too: same model, same request)."""
+    rows, cache = {}, {}
+    for r in records:
+        row = _sample_row(r)
+        before = rows.get((r.run_id, r.key))
+        if before is None or before["error"] is not None:  # as if written one by one
+            rows[(r.run_id, r.key)] = row
+        if r.cache_key and r.completion.ok and r.cache_key not in cache:
+            stored = r.completion.to_dict() | {"text": row["text"], "reasoning": row["reasoning"]}
+            cache[r.cache_key] = dict(key=r.cache_key, completion=stored, created_at=row["created_at"])
+    _upsert(c, samples, list(rows.values()))
+    _upsert(c, responses, list(cache.values()))
+    for r in records:  # --no-cache: the fresh answer replaces the cached one
+        if r.refresh_cache and r.cache_key in cache:
+            c.execute(update(responses).where(responses.c.key == r.cache_key)
+                      .values(completion=cache[r.cache_key]["completion"], created_at=time.time()))
+
+
+def _sample_row(r: SampleRecord) -> dict[str, Any]:
     # an endpoint that echoes the key it was sent into its answer must not get it stored
     text, truncated = _cap(mask_registered(r.completion.text))
     reasoning, truncated_r = _cap(mask_registered(r.completion.reasoning))
     usage = r.completion.usage
-    row = dict(run_id=r.run_id, task=r.key.task, doc_id=r.key.doc_id, repeat=r.key.repeat,
-               text=text, reasoning=reasoning, truncated=int(truncated or truncated_r),
-               finish_reason=r.completion.finish_reason, prompt_tokens=usage.prompt_tokens,
-               completion_tokens=usage.completion_tokens, reasoning_tokens=usage.reasoning_tokens,
-               usage=r.completion.to_dict()["usage"], latency_s=r.completion.latency_s,
-               error=r.completion.error, error_class=r.completion.error_class,
-               scores=r.completion.scores, created_at=time.time(), **r.fields)
-    where = (samples.c.run_id == r.run_id, samples.c.task == r.key.task,
-             samples.c.doc_id == r.key.doc_id, samples.c.repeat == r.key.repeat)
-    existing = c.execute(select(samples.c.error).where(*where)).first()
-    if existing is not None and existing[0] is None:
-        return  # already answered: never overwrite an answer
-    if existing is not None:
-        c.execute(samples.delete().where(*where))
-    c.execute(samples.insert().values(**row))
-    if not (r.cache_key and r.completion.ok):
+    # Every column, so that one statement fits every row of a batch (a caller may leave some out).
+    return SAMPLE_DEFAULTS | dict(run_id=r.run_id, task=r.key.task, doc_id=r.key.doc_id, repeat=r.key.repeat,
+                text=text, reasoning=reasoning, truncated=int(truncated or truncated_r),
+                finish_reason=r.completion.finish_reason, prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens, reasoning_tokens=usage.reasoning_tokens,
+                usage=usage.to_dict(), latency_s=r.completion.latency_s,
+                error=r.completion.error, error_class=r.completion.error_class,
+                scores=r.completion.scores, created_at=time.time(), **r.fields)
+
+
+SAMPLE_DEFAULTS = {col.name: col.default.arg if col.default is not None else None for col in samples.c}
+# How a batch of rows goes into a table whose unique key may be taken: (the key's columns, the
+# condition under which a stored row is replaced; None: a stored row is always kept).
+UPSERTS = {"samples": (("run_id", "task", "doc_id", "repeat"), samples.c.error.is_not(None)),
+           "responses": (("key",), None)}
+_upsert_statements: dict[tuple[str, str], Any] = {}  # built once: building one costs more than a row
+
+
+def _upsert(c, table: Table, rows: list[dict[str, Any]]) -> None:
+    """Insert rows; where the unique key is taken, replace the stored row if UPSERTS' condition
+    holds for it, else keep it. One statement on SQLite and PostgreSQL (INSERT ... ON CONFLICT),
+    a look-up per row elsewhere."""
+    if not rows:
         return
-    stored = r.completion.to_dict() | {"text": text, "reasoning": reasoning}
-    if c.execute(select(responses.c.key).where(responses.c.key == r.cache_key)).first() is None:
-        c.execute(responses.insert().values(key=r.cache_key, completion=stored, created_at=time.time()))
-    elif r.refresh_cache:
-        c.execute(update(responses).where(responses.c.key == r.cache_key)
-                  .values(completion=stored, created_at=time.time()))
+    unique, replace_where = UPSERTS[table.name]
+    dialect = c.dialect.name
+    if dialect in ("sqlite", "postgresql"):
+        stmt = _upsert_statements.get((dialect, table.name))
+        if stmt is None:
+            if dialect == "sqlite":
+                from sqlalchemy.dialects.sqlite import insert
+            else:
+                from sqlalchemy.dialects.postgresql import insert
+            stmt = insert(table)
+            if replace_where is None:
+                stmt = stmt.on_conflict_do_nothing(index_elements=list(unique))
+            else:
+                stmt = stmt.on_conflict_do_update(
+                    index_elements=list(unique), where=replace_where,
+                    set_={col.name: stmt.excluded[col.name] for col in table.c if col.name not in unique})
+            _upsert_statements[(dialect, table.name)] = stmt
+        c.execute(stmt, rows)
+        return
+    for row in rows:
+        match = [table.c[k] == row[k] for k in unique]
+        found = c.execute(select(*(table.c[k] for k in unique)).where(*match)).first()
+        if found is not None and replace_where is not None and \
+                c.execute(select(table.c[unique[0]]).where(*match, replace_where)).first():
+            c.execute(table.delete().where(*match))
+            found = None
+        if found is None:
+            c.execute(table.insert().values(**row))
 
 
 def _cap(text: str) -> tuple[str, bool]:

@@ -20,7 +20,8 @@ def summarize(samples: list[dict[str, Any]]) -> dict[str, Any]:
     """Per task and overall: counts, token and latency distributions, cost.
 
     Errors are counted but kept out of the token and latency figures (a timeout has no tokens
-    worth comparing); answers cut by the length limit are counted apart.
+    worth comparing); answers cut by the length limit are counted apart, and so are requests
+    whose new tokens were cut to fit the model's context.
     """
     by_task: dict[str, list[dict]] = defaultdict(list)
     for s in samples:
@@ -38,6 +39,8 @@ def _one(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "errors": len(rows) - len(ok),
         "error_classes": _count(r["error_class"] for r in rows if r["error"] is not None),
         "hit_length_limit": sum(r["finish_reason"] == "length" for r in ok),
+        # new tokens cut to fit the model's context (evals/context_fit.py)
+        "context_cut": sum(bool((r.get("request") or {}).get("context_cut")) for r in rows),
         "truncated_in_store": sum(bool(r.get("truncated")) for r in rows),
         "output_tokens": _percentiles([r["completion_tokens"] for r in ok]),
         "reasoning_tokens": _percentiles([r["reasoning_tokens"] for r in ok]),

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from dsparity.errors import DsparityError
-from dsparity.evals.task_yaml import is_function
+from dsparity.evals.tasks.files import is_function
 
 SCORE_METRICS = {
     "multiple_choice": {"acc", "acc_norm", "acc_bytes", "exact_match", "acc_mutual_info"},

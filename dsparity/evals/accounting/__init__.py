@@ -1,0 +1,1 @@
+"""Tokens and money: usage per sample, price tables."""

@@ -1,0 +1,1 @@
+"""Pairing two runs item by item and the compare command's flow."""

@@ -1,0 +1,1 @@
+"""dsparity's backends as lm-eval models, and lm-eval's CLI with them registered."""

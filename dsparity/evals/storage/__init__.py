@@ -1,0 +1,1 @@
+"""The results store (SQLAlchemy: SQLite, PostgreSQL) and its write path."""
