@@ -31,7 +31,7 @@ from lm_eval.api.registry import register_model
 from dsparity.evals.backends import Request, make_backend
 from dsparity.evals.backends.base import ScoreRequest, Span
 from dsparity.evals.logprobs import SpanScores
-from dsparity.evals.specs import LOCAL_KEYS, OPENAI_KEYS, parse_spec
+from dsparity.evals.specs import LOCAL_KEYS, OPENAI_KEYS, ModelSpec, parse_spec
 
 _LM_EVAL_ARGS = {"batch_size", "max_batch_size", "device", "trust_remote_code"}
 
@@ -58,6 +58,23 @@ def local_device(device: str) -> str:
     return "cpu"
 
 
+def model_args_spec(kind: str, model: str, base_url: str | None = None, **options) -> ModelSpec:
+    """`--model_args` (plus lm-eval's own settings) of dsparity-local / dsparity-openai -> the model
+    spec they stand for; a key neither dsparity nor lm-eval knows is refused by name."""
+    allowed = LOCAL_KEYS if kind == "local" else OPENAI_KEYS
+    if kind == "local" and options.get("device") is not None:
+        options["device"] = local_device(options["device"])
+    opts = {k: v for k, v in options.items() if k in allowed}
+    unknown = set(options) - set(allowed) - _LM_EVAL_ARGS
+    if unknown:
+        raise ValueError(f"dsparity-{kind}: unknown model_args {sorted(unknown)}; "
+                         f"use model=, {'base_url=, ' if kind == 'openai' else ''}"
+                         f"{', '.join(sorted(allowed))}")
+    where = f"@{base_url}" if kind == "openai" else ""
+    query = f"?{urlencode(opts)}" if opts else ""
+    return parse_spec(f"{kind}:{model}{where}{query}", source="--model_args")
+
+
 class _DsparityLM(LM):
     kind = ""
 
@@ -78,18 +95,7 @@ class _DsparityLM(LM):
 
     def __init__(self, model: str, base_url: str | None = None, **options):
         super().__init__()
-        allowed = LOCAL_KEYS if self.kind == "local" else OPENAI_KEYS
-        if self.kind == "local" and options.get("device") is not None:
-            options["device"] = local_device(options["device"])
-        opts = {k: v for k, v in options.items() if k in allowed}
-        unknown = set(options) - set(allowed) - _LM_EVAL_ARGS
-        if unknown:
-            raise ValueError(f"dsparity-{self.kind}: unknown model_args {sorted(unknown)}; "
-                             f"use model=, {'base_url=, ' if self.kind == 'openai' else ''}"
-                             f"{', '.join(sorted(allowed))}")
-        where = f"@{base_url}" if self.kind == "openai" else ""
-        query = f"?{urlencode(opts)}" if opts else ""
-        self.spec = parse_spec(f"{self.kind}:{model}{where}{query}", source="--model_args")
+        self.spec = model_args_spec(self.kind, model, base_url, **options)
         self.backend = make_backend(self.spec)
         self._loop = asyncio.new_event_loop()
         self._loop.run_until_complete(self.backend.start())
