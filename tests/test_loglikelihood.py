@@ -21,6 +21,7 @@ from dsparity.evals.backends.local import LocalBackend
 from dsparity.evals.backends.local_scoring import score_request
 from dsparity.evals.backends.openai_api import OpenAIBackend
 from dsparity.evals.logprobs import SpanScores
+from dsparity.evals.serving.completions import logprobs_payload
 from dsparity.evals.serving.server import create_app
 from dsparity.evals.specs import parse_spec
 
@@ -126,6 +127,71 @@ def test_served_scores_equal_local_scores(local, served):
             assert list(x.greedy) == list(y.greedy)
     tokenized = SpanScores.unpack(asyncio.run(go())[0][0].scores[0])
     assert tokenized.top_ids.dtype.kind == "i"  # token_id:N names came back as ids
+
+
+# Characters of two and three UTF-8 bytes: the tiny byte-level tokenizer gives each byte its own
+# token, and a token that holds part of a character decodes alone to U+FFFD. The first pair is
+# the shape of the default_retrieval item where served and local scores parted (a docstring with
+# '´' in a 1K-token haystack, an ASCII answer).
+SPLIT_PAIRS = [("The parameter ´timeout´ must be a number.\nThe magic number is:", " 5150445"),
+               ("Café — naïve: the answer is", " 42"),
+               ("Ünïcode context:", " grüße — ok"),
+               ("plain context", " ends in é")]
+
+
+def _served_vs_local(local, base_url: str, pairs) -> list[tuple[SpanScores, SpanScores]]:
+    request = ScoreRequest(tuple(Span(c, x) for c, x in pairs), top_n=2)
+
+    async def go():
+        api = OpenAIBackend(parse_spec(f"openai:tiny@{base_url}"))
+        await api.start()
+        try:
+            return await api.score(request), await local.score(request)
+        finally:
+            await api.close()
+
+    remote, here = asyncio.run(go())
+    assert remote.error is None and here.error is None
+    return [(SpanScores.unpack(a), SpanScores.unpack(b))
+            for a, b in zip(remote.scores, here.scores, strict=True)]
+
+
+def _assert_same_scores(pairs) -> None:
+    for x, y in pairs:
+        assert (x.first_position, x.n) == (y.first_position, y.n)
+        assert x.total == pytest.approx(y.total, abs=1e-4)
+        assert list(x.greedy) == list(y.greedy)
+
+
+def test_served_text_offsets_count_split_characters_once(local, served):
+    """`dsparity serve` places every echoed token at its character offset in the prompt even
+    where tokens split a character, so text spans score as they do locally."""
+    import httpx
+
+    prompt = SPLIT_PAIRS[0][0] + SPLIT_PAIRS[0][1]
+    lp = httpx.post(f"{served.base_url}/completions", json={
+        "model": "tiny", "prompt": prompt, "max_tokens": 1, "echo": True, "logprobs": 1},
+        timeout=30).json()["choices"][0]["logprobs"]
+    assert lp["text_offset"][-1] == len(prompt)  # the generated token starts where the prompt ends
+    assert prompt[lp["text_offset"][-2]:] == "5"  # the prompt's last token
+    _assert_same_scores(_served_vs_local(local, served.base_url, SPLIT_PAIRS))
+
+
+def test_split_characters_from_a_server_counting_token_texts(local, monkeypatch):
+    """A server whose text_offset adds up each token's own decoded text (vLLM does), so it runs
+    one character ahead after every character split over two tokens: the openai backend still
+    places an ASCII continuation exactly."""
+    from dsparity.evals.serving import server as server_module
+
+    def vllm_payload(tokenizer, choice, as_ids):
+        payload = logprobs_payload(tokenizer, choice, as_ids)
+        lengths = [len(tokenizer.decode([t])) for t in choice.tokens]
+        payload["text_offset"] = [sum(lengths[:i]) for i in range(len(lengths))]
+        return payload
+
+    monkeypatch.setattr(server_module, "logprobs_payload", vllm_payload)
+    with ServerThread(create_app(local, "tiny")) as server:
+        _assert_same_scores(_served_vs_local(local, server.base_url, SPLIT_PAIRS[:2]))
 
 
 def _mc_folder(tmp_path):

@@ -301,7 +301,7 @@ def _span_scores(span: Span, logprobs, top_n: int):
     if span.tokenized:
         start, end = len(span.context), len(span.context) + len(span.continuation)
     else:
-        offsets = logprobs.get("text_offset") or []
+        offsets = _text_offsets(span, tokens_all, logprobs.get("text_offset") or [])
         cut, whole = len(span.context), len(span.context) + len(span.continuation)
         start = next((i for i, o in enumerate(offsets) if o + len(tokens_all[i]) > cut), len(offsets))
         end = next((i for i, o in enumerate(offsets) if o >= whole), len(offsets))
@@ -329,6 +329,24 @@ def _span_scores(span: Span, logprobs, top_n: int):
                       tokens=np.asarray(tokens, dtype=np.int32 if as_ids else str),
                       top_ids=top_ids if top_n else None, top_logprobs=top_lps if top_n else None,
                       first_position=start)
+
+
+def _text_offsets(span: Span, tokens: list[str], offsets: list[int]) -> list[int]:
+    """The echoed tokens' character offsets in the prompt: the server's, when they add up to the
+    prompt (the token generated after it starts where it ends). Else counted back from the end
+    of the prompt by each token's text: vLLM adds up the tokens' own texts, and a token holding
+    part of a multi-byte character ('´' split over two tokens) reads U+FFFD, one character too
+    many; counted from the end, the continuation's offsets stay exact unless it splits a
+    character itself. The last echoed token is the one generated (max_tokens 1), as lm-eval's
+    `local-completions` takes it."""
+    whole = len(span.context) + len(span.continuation)
+    if not offsets or offsets[-1] == whole or len(offsets) != len(tokens):
+        return offsets
+    at, counted = whole, [whole]
+    for token in reversed(tokens[:-1]):
+        at -= len(token)
+        counted.append(at)
+    return counted[::-1]
 
 
 def _token_key(token: str) -> int | str:

@@ -115,13 +115,34 @@ def logprobs_payload(tokenizer, choice: CompletionChoice, as_ids: bool) -> dict[
     """OpenAI's legacy `logprobs` object: tokens, token_logprobs, top_logprobs, text_offset."""
     name = (lambda t: f"token_id:{t}") if as_ids else (lambda t: tokenizer.decode([t]))
     tokens = [name(t) for t in choice.tokens]
-    offsets, at = [], 0
-    for t in choice.tokens:
-        offsets.append(at)
-        at += len(tokenizer.decode([t]))
+    echoed = choice.tokens[:len(choice.tokens) - choice.completion_tokens]  # as `text` is built
+    offsets = text_offsets(tokenizer, echoed)
+    offsets += text_offsets(tokenizer, choice.tokens[len(echoed):], len(tokenizer.decode(echoed)))
     top = [None if pairs is None else {name(t): v for t, v in pairs} for pairs in choice.top]
     return {"tokens": tokens, "token_logprobs": choice.logprobs, "top_logprobs": top,
             "text_offset": offsets}
+
+
+def text_offsets(tokenizer, ids: list[int], at: int = 0) -> list[int]:
+    """Where each token starts in `tokenizer.decode(ids)` (shifted by `at`), in characters.
+
+    Not the sum of each token's own decoded length: a byte-level tokenizer splits a character of
+    several UTF-8 bytes ('´', 'é', '—') over tokens that each decode alone to U+FFFD, and that sum
+    runs one character ahead after every such split (a client cutting the prompt at a character
+    offset then scores the wrong tokens). Decoded piece by piece instead, with the piece before
+    as context (as vLLM's incremental detokenizer does): a token that leaves a character
+    unfinished adds nothing until the token that completes it.
+    """
+    offsets = []
+    prefix = read = 0  # ids[prefix:read]: the last piece that decoded to whole characters
+    for i in range(len(ids)):
+        offsets.append(at)
+        text = tokenizer.decode(ids[prefix:i + 1])
+        if text.endswith("\ufffd"):  # a character not finished yet
+            continue
+        at += len(text) - len(tokenizer.decode(ids[prefix:read]))
+        prefix, read = read, i + 1
+    return offsets
 
 
 def _as_list(value) -> list:
