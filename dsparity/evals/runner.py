@@ -245,8 +245,16 @@ async def _generate_all(store: Store, backend: Backend, tasks: list[TaskSpec], s
         def advance() -> None:
             bar.advance(job)
 
+        pending = [asyncio.ensure_future(one(item, r)) for item, r in todo]
         try:
-            await asyncio.gather(*(one(item, r) for item, r in todo))
+            await asyncio.gather(*pending)
+        except BaseException:
+            # One failure (a full disk, an interrupt) stops the rest before the backend closes:
+            # a request still in flight would otherwise open a new connection pool after it.
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            raise
         finally:
             writer.close()
 
