@@ -122,7 +122,7 @@ def test_sparse_stage_runs_after_dense_warm_up():
     report = warm_up(model, byte_tokenizer(), recipe, progress=False)
     stages = [h["stage"] for h in report.history]
     assert stages.count("dense") == 5 and stages.count("sparse") == 5
-    assert all(math.isfinite(h["loss"]) for h in report.history[1:])
+    assert all(math.isfinite(h["loss"]) for h in report.history if h["stage"] in ("dense", "sparse"))
 
 
 def test_prepare_dsa_warms_up_once_then_loads_from_cache(tmp_path, monkeypatch):

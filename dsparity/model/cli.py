@@ -37,6 +37,9 @@ def warmup(
     = WarmupConfig.sparse_sequences,
     heldout_sequences: Annotated[int, typer.Option(min=1, help="held-out sequences")]
     = WarmupConfig.heldout_sequences,
+    init: Annotated[str, typer.Option(help="how the indexers start: 'attention' (one KV group of the "
+                                      "model's own heads per layer, where shapes allow) or 'random'")]
+    = WarmupConfig.init,
     out: Annotated[Path, typer.Option(help="folder for indexers, report and plot")] = Path(
         "results/warmup"),
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
@@ -50,6 +53,7 @@ def warmup(
     from dsparity.errors import DsparityError
     from dsparity.model import DSAConfig, convert_to_dsa, save_indexers, warm_up
     from dsparity.model.loading import cache_root, load_causal_lm
+    from dsparity.model.metrics import SelectionMetrics
     from dsparity.model.plot import write_warmup_plot
     from dsparity.model.prepare import indexer_cache_path
 
@@ -59,11 +63,14 @@ def warmup(
     except ValueError:
         raise DsparityError("--lengths", repr(lengths), "not a list of token counts",
                             "e.g. --lengths 1024,2048") from None
+    if init not in ("attention", "random"):
+        raise DsparityError("--init", repr(init), "not a way to start the indexers",
+                            "use --init attention or --init random")
     lm, tokenizer, resolved = load_causal_lm(_model_name(model))
     config = DSAConfig(index_topk=topk)
     recipe = replace(WarmupConfig(), lengths=sizes, steps=steps, sparse_steps=sparse_steps,
                      train_sequences=train_sequences, sparse_sequences=sparse_sequences,
-                     heldout_sequences=heldout_sequences)
+                     heldout_sequences=heldout_sequences, init=init)
     convert_to_dsa(lm, config)
     report = warm_up(lm, tokenizer, recipe, progress=progress)
 
@@ -73,7 +80,7 @@ def warmup(
     save_indexers(lm, out / "indexers.safetensors", base_model=resolved.name,
                   base_revision=resolved.revision, report=report.to_dict())
     # Also fill prepare_dsa's cache, keyed by this recipe (the default recipe is what it loads).
-    save_indexers(lm, indexer_cache_path(lm, resolved.revision, config, recipe,
+    save_indexers(lm, indexer_cache_path(lm, resolved.revision, recipe,
                                          cache_root() / "indexers"),
                   base_model=resolved.name, base_revision=resolved.revision,
                   report=report.to_dict())
@@ -85,7 +92,10 @@ def warmup(
                         "recall over answer rows (does top-k hold the copied token?)")
     for col in ("", "KL", "mass recall", "needle recall", "oracle top-k", "window+sink"):
         table.add_column(col, justify="right")
-    for label, m in (("untrained", report.start), ("warmed up", report.final)):
+    rows = [("untrained", report.start), ("warmed up", report.final)]
+    if "metrics" in report.init:
+        rows.insert(1, ("from the model's heads", SelectionMetrics(**report.init["metrics"], rows=0)))
+    for label, m in rows:
         table.add_row(label, f"{m.kl:.3f}", f"{m.recall:.3f}", _fmt(m.needle),
                       f"{m.oracle:.3f} / {_fmt(m.needle_oracle)}",
                       f"{m.window_sink:.3f} / {_fmt(m.needle_window)}")
@@ -94,6 +104,8 @@ def warmup(
     console.print(f"KL {report.start.kl:.2f} -> {f.kl:.2f}; needle recall {_fmt(report.start.needle)} -> "
                   f"{_fmt(f.needle)} (oracle {_fmt(f.needle_oracle)}, window+sink {_fmt(f.needle_window)}); "
                   f"wall {report.timings['total']:.0f} s")
+    if report.init.get("reason"):
+        console.print(f"indexers started from random weights: {report.init['reason']}")
     weak = [i for i, m in enumerate(report.per_layer) if m.needle is not None and m.needle < 0.5]
     if weak:
         console.print(f"layers whose top-k misses the needle on most answer rows: {weak}")

@@ -45,9 +45,20 @@ def dsa_layers(model: torch.nn.Module) -> Iterator[DSALayer]:
         yield attn.dsa_layer
 
 
-def _rope_theta(config) -> float:
+def model_rope_theta(config) -> float:
     params = getattr(config, "rope_parameters", None) or {}
     return float(params.get("rope_theta", getattr(config, "rope_theta", 10000.0)))
+
+
+def _llama_family_config(config: DSAConfig, model_config) -> DSAConfig:
+    """rope_dim unset = the family's default: an indexer head shaped like the model's rotates every
+    dim, as the model's heads do, so it can start as one of them (`indexer_init.py`); V3.2's half
+    otherwise."""
+    head_dim = getattr(model_config, "head_dim", None) or (
+        model_config.hidden_size // model_config.num_attention_heads)
+    if config.rope_dim is None and config.index_head_dim == head_dim:
+        return replace(config, rope_dim=head_dim)
+    return config
 
 
 def convert_to_dsa(model: torch.nn.Module, config: DSAConfig | None = None, *,
@@ -71,8 +82,9 @@ def convert_to_dsa(model: torch.nn.Module, config: DSAConfig | None = None, *,
         raise ValueError("rope_freqs='model' (the model's own rotary table) is for MLA models; "
                          "Llama-family indexers rotate with rope_freqs='theta'")
     register()
+    config = _llama_family_config(config, model.config)
     runtime = DSARuntime(config)
-    theta = config.rope_theta or _rope_theta(model.config)
+    theta = config.rope_theta or model_rope_theta(model.config)
     device = next(model.parameters()).device
     with torch.random.fork_rng(devices=[]):  # reproducible init without touching global RNG
         torch.manual_seed(seed)

@@ -20,8 +20,9 @@ from dsparity.model.plot import write_warmup_plot
 from dsparity.model.warmup import WarmupConfig, warm_up
 
 
-def indexer_cache_path(model, base_revision: str, config: DSAConfig, warmup: WarmupConfig,
-                       cache_dir: Path) -> Path:
+def indexer_cache_path(model, base_revision: str, warmup: WarmupConfig, cache_dir: Path) -> Path:
+    """Keyed by the converted model's DSA config (the family defaults resolved, `convert.py`)."""
+    config = model.dsa_runtime.config
     model_type = getattr(model.config, "model_type", "model")
     name = (f"{model_type}-{base_revision}-dsa{config.key()}-k{config.index_topk}"
             f"-w{warmup.key()}.safetensors")
@@ -54,7 +55,7 @@ def prepare_dsa(model, tokenizer, *, base_revision: str, topk: int = 256,
     else:
         set_dsa(model, topk=config.index_topk, enabled=True)
     cache_dir = Path(cache_dir) if cache_dir is not None else cache_root() / "indexers"
-    path = indexer_cache_path(model, base_revision, config, warmup, cache_dir)
+    path = indexer_cache_path(model, base_revision, warmup, cache_dir)
     if _try_load(model, path, base_revision):
         return _stamp(model, path)
     with _file_lock(path.with_suffix(".lock")):

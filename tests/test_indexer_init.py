@@ -1,0 +1,88 @@
+"""Indexers that start as the model's own heads (indexer_init.py) on tiny models."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+from test_dsa_warmup import TINY_DSA, TINY_RECIPE, peaky_tiny_model
+from tiny_models import byte_tokenizer, tiny_model
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+from dsparity.model import convert_to_dsa, warm_up
+from dsparity.model.convert import dsa_layers
+from dsparity.model.indexer_init import _copy_group, attention_init_blocker
+
+START_ONLY = replace(TINY_RECIPE, steps=0, sparse_steps=0)
+
+
+def test_a_llama_shaped_indexer_rotates_every_dim_unless_told():
+    model = convert_to_dsa(tiny_model("llama"), TINY_DSA)
+    assert model.dsa_runtime.config.rotary_dim == 16  # head_dim 16: all of it, like the model
+    other = convert_to_dsa(tiny_model("llama"), replace(TINY_DSA, index_head_dim=8))
+    assert other.dsa_runtime.config.rotary_dim == 4  # not the model's shape: V3.2's half
+    told = convert_to_dsa(tiny_model("llama"), replace(TINY_DSA, rope_dim=8))
+    assert told.dsa_runtime.config.rotary_dim == 8
+
+
+@pytest.mark.parametrize("group", [0, 1])
+def test_indexer_queries_copied_from_a_group_are_the_models_rotated_queries(group):
+    """Same projection, same RoPE pairs and frequencies: q^I_j is the model's query of head h_j."""
+    model = convert_to_dsa(peaky_tiny_model(), TINY_DSA)
+    attn = model.model.layers[1].self_attn
+    indexer = next(iter(dsa_layers(model))).indexer
+    x = torch.randn(1, 40, 64)
+    pos = torch.arange(40)[None] + 300  # far positions: a wrong frequency table shows
+    with torch.no_grad():
+        _copy_group(indexer, attn, group, x[0], model.config)
+        q_idx, _ = indexer.queries(x, pos)  # [1, S, H_I, d]
+        q = attn.q_proj(x).view(1, 40, 4, 16).transpose(1, 2)
+        cos, sin = model.model.rotary_emb(x, pos)
+        q_model, _ = apply_rotary_pos_emb(q, q, cos, sin)  # [1, heads, S, d]
+    for j in range(indexer.n_heads):
+        head = group * 2 + j % 2  # 4 heads over 2 KV groups: heads 2g, 2g+1
+        torch.testing.assert_close(q_idx[0, :, j], q_model[0, head], atol=1e-5, rtol=1e-5)
+
+
+def peaky_one_group_model():
+    """Peaky attention (q/k scaled up) and one KV group, so the 4 indexer heads can be all 4 of the
+    model's heads: the start then differs from the model's own ranking only by ReLU and LayerNorm."""
+    model = tiny_model("llama", num_key_value_heads=1)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.q_proj.weight.mul_(8.0)
+            layer.self_attn.k_proj.weight.mul_(8.0)
+    return model
+
+
+def test_starting_from_the_heads_selects_what_dense_attention_reads():
+    tok = byte_tokenizer()
+    heads = warm_up(convert_to_dsa(peaky_one_group_model(), TINY_DSA), tok, START_ONLY, progress=False)
+    assert heads.init["method"] == "attention" and heads.init["groups"] == [0, 0]
+    start = heads.init["metrics"]
+    random = heads.start  # the same held-out rows before the copy
+    assert start["recall"] >= random.recall + 0.1  # 0.26 against 0.13 here
+    assert start["recall"] >= 0.6 * start["oracle"]  # oracle 0.39: ReLU sums are not softmax means
+    assert [h["stage"] for h in heads.history] == ["start", "attention init"]
+    plain = warm_up(convert_to_dsa(peaky_tiny_model(), TINY_DSA), tok,
+                    replace(START_ONLY, init="random"), progress=False)
+    assert plain.init == {"method": "random", "reason": "WarmupConfig.init='random'"}
+    assert plain.final.recall == pytest.approx(plain.start.recall)
+
+
+@pytest.mark.parametrize(("arch", "dsa", "why"), [
+    ("qwen2", TINY_DSA, "bias"),
+    ("llama", replace(TINY_DSA, index_head_dim=8), "not the model's"),
+    ("llama", replace(TINY_DSA, rope_dim=8), "not the model's"),
+])
+def test_models_whose_heads_cannot_seed_the_indexer_start_random_and_say_why(arch, dsa, why):
+    model = convert_to_dsa(tiny_model(arch), dsa)
+    assert why in attention_init_blocker(model)
+    report = warm_up(model, byte_tokenizer(), START_ONLY, progress=False)
+    assert report.init["method"] == "random" and why in report.init["reason"]
+
+
+def test_unknown_start_method_is_refused():
+    with pytest.raises(ValueError, match="init"):
+        replace(TINY_RECIPE, init="zeros")
