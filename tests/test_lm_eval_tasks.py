@@ -306,3 +306,15 @@ def test_registry_task_without_its_data_fails_in_one_line():
     line = err.value.line()
     assert "gsm8k.yaml: dataset_path" in line and "'openai/gsm8k' (config 'main')" in line
     assert "\n" not in line
+
+
+@pytest.mark.parametrize(("output_type", "metric", "shown"), [
+    ("loglikelihood", "acc", "scored: 1 continuation(s)"),
+    ("loglikelihood_rolling", "word_perplexity", "scored: whole text")])
+def test_tasks_show_prints_a_scored_task(tmp_path, output_type, metric, shown):
+    """A log-likelihood task has no generation cap; `tasks show` says what is scored instead."""
+    folder = _tiny_folder(tmp_path, "tiny_scored", f"num_fewshot: 0\noutput_type: {output_type}\n"
+                          f"metric_list:\n  - metric: {metric}\n")
+    code, out, err = cli("tasks", "show", "tiny_scored", "--include", str(folder), "--items", "1")
+    assert code == 0, out + err
+    assert shown in out and "Traceback" not in out + err

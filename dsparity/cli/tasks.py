@@ -110,8 +110,8 @@ def tasks_show(
                   f"({', '.join(map(str, metrics))})", highlight=False, soft_wrap=True)
     clip = 20_000 if shots else 600  # a few-shot prompt is shown whole: the shots are the point
     for item in spec.items[:items]:
-        out.print(f"\n[bold]item {item.doc_id}[/] (doc {item.doc_hash}, max tokens "
-                  f"{item.request.max_tokens}) target: {item.target[:120]!r}", soft_wrap=True)
+        out.print(f"\n[bold]item {item.doc_id}[/] (doc {item.doc_hash}, {_request_kind(item.request)}) "
+                  f"target: {item.target[:120]!r}", soft_wrap=True)
         messages = getattr(item.request, "messages", None) or ((
             "context", "\n---\n".join(f"{s.context!r} -> {s.continuation!r}" for s in item.request.spans)),)
         for role, text in messages:
@@ -147,3 +147,10 @@ def tasks_validate(include: Include = None) -> None:
     out.print(f"{len(specs)} tasks, {len(problems)} problems")
     if problems:
         raise typer.Exit(1)
+
+
+def _request_kind(request) -> str:
+    """'max tokens N' for a generation, what is scored for a log-likelihood request."""
+    if hasattr(request, "max_tokens"):
+        return f"max tokens {request.max_tokens}"
+    return "scored: whole text" if request.rolling else f"scored: {len(request.spans)} continuation(s)"
