@@ -21,10 +21,10 @@ FAST_RECIPE = replace(TINY_RECIPE, train_sequences=1, steps=5)  # for plumbing t
 TINY_DSA = DSAConfig(index_topk=12, index_n_heads=2, index_head_dim=16)
 
 
-def peaky_tiny_model(seed: int = 0):
+def peaky_tiny_model(seed: int = 0, **overrides):
     """A random tiny Llama whose attention is far from uniform (q/k scaled up), so that there
     is something for an indexer to learn; the plain random one attends almost uniformly."""
-    model = tiny_model("llama", seed)
+    model = tiny_model("llama", seed, **overrides)
     with torch.no_grad():
         for layer in model.model.layers:
             layer.self_attn.q_proj.weight.mul_(8.0)

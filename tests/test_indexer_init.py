@@ -45,20 +45,12 @@ def test_indexer_queries_copied_from_a_group_are_the_models_rotated_queries(grou
         torch.testing.assert_close(q_idx[0, :, j], q_model[0, head], atol=1e-5, rtol=1e-5)
 
 
-def peaky_one_group_model():
-    """Peaky attention (q/k scaled up) and one KV group, so the 4 indexer heads can be all 4 of the
-    model's heads: the start then differs from the model's own ranking only by ReLU and LayerNorm."""
-    model = tiny_model("llama", num_key_value_heads=1)
-    with torch.no_grad():
-        for layer in model.model.layers:
-            layer.self_attn.q_proj.weight.mul_(8.0)
-            layer.self_attn.k_proj.weight.mul_(8.0)
-    return model
-
-
 def test_starting_from_the_heads_selects_what_dense_attention_reads():
     tok = byte_tokenizer()
-    heads = warm_up(convert_to_dsa(peaky_one_group_model(), TINY_DSA), tok, START_ONLY, progress=False)
+    # One KV group: the 4 indexer heads are all 4 of the model's heads, so the start differs from
+    # the model's own ranking only by ReLU and LayerNorm.
+    one_group = peaky_tiny_model(num_key_value_heads=1)
+    heads = warm_up(convert_to_dsa(one_group, TINY_DSA), tok, START_ONLY, progress=False)
     assert heads.init["method"] == "attention" and heads.init["groups"] == [0, 0]
     start = heads.init["metrics"]
     random = heads.start  # the same held-out rows before the copy
