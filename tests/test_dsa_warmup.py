@@ -251,3 +251,31 @@ def test_stacked_indexers_score_like_each_layers_indexer():
         stacked.wk.add_(1.0)
     stacked.write_back(indexers)
     torch.testing.assert_close(indexers[1].wk.weight, stacked.wk[1])
+
+
+def test_a_spec_runs_on_the_indexers_a_warmup_wrote(tmp_path, monkeypatch):
+    """`indexers=PATH`: `dsparity warmup --out`'s weights, not the cached first-use ones; a file
+    that is not for this model is one clear error."""
+    from dsparity.errors import DsparityError
+    from dsparity.evals.backends.local import LocalBackend
+    from dsparity.evals.specs import parse_spec
+    from dsparity.model.checkpoint import load_indexers
+    from dsparity.model.cli import warmup
+
+    monkeypatch.setenv("DSPARITY_CACHE", str(tmp_path / "cache"))
+    folder = save_tiny(tmp_path / "tiny")
+    warmup(model=f"local:{folder}", topk=12, steps=5, sparse_steps=0, lengths="256",
+           train_sequences=1, heldout_sequences=1, out=tmp_path / "out", progress=False)
+    path = tmp_path / "out" / "indexers.safetensors"
+    backend = LocalBackend(parse_spec(f"local:{folder}?attention=dsa&topk=12&indexers={path}"))
+    backend.load()
+    assert backend.model.dsa_indexer_file == str(path)
+    want = convert_to_dsa(tiny_model("llama", 0), DSAConfig(index_topk=12))
+    load_indexers(want, path)
+    got_ix = backend.model.model.layers[1].self_attn.dsa_indexer
+    torch.testing.assert_close(got_ix.wq.weight, want.model.layers[1].self_attn.dsa_indexer.wq.weight)
+    other = save_tiny(tmp_path / "other", arch="mistral")  # another model: another revision
+    with pytest.raises(DsparityError, match="indexers"):
+        LocalBackend(parse_spec(f"local:{other}?attention=dsa&topk=12&indexers={path}")).load()
+    with pytest.raises(DsparityError, match="indexers"):
+        LocalBackend(parse_spec(f"local:{folder}?attention=dsa&indexers={tmp_path}/none")).load()

@@ -30,6 +30,8 @@ SERVED_DEFAULT_LABEL = f"dsparity-serve/{DEFAULT_MODEL}"  # the default baseline
 LOCAL_KEYS = {
     "attention": "dense | dsa | window | block | oracle (sparsity controls at the same top-k budget)",
     "topk": "top-k budget, keys per query token (int; DSA and the controls)",
+    "indexers": "attention=dsa: indexer weights `dsparity warmup --out` wrote (a .safetensors "
+                "path; default: the cached first-use warm-up)",
     "sink": "attention=window: sink tokens kept at the start (int, default 4)",
     "block_size": "attention=block: keys per block (int, default 64)",
     "dtype": "float32 | bfloat16 | float16",

@@ -57,10 +57,10 @@ def prepare_dsa(model, tokenizer, *, base_revision: str, topk: int = 256,
     cache_dir = Path(cache_dir) if cache_dir is not None else cache_root() / "indexers"
     path = indexer_cache_path(model, base_revision, warmup, cache_dir)
     if _try_load(model, path, base_revision):
-        return _stamp(model, path)
+        return stamp_indexers(model, path)
     with _file_lock(path.with_suffix(".lock")):
         if _try_load(model, path, base_revision):  # someone else finished while we waited
-            return _stamp(model, path)
+            return stamp_indexers(model, path)
         if progress:
             from rich.console import Console
 
@@ -73,10 +73,10 @@ def prepare_dsa(model, tokenizer, *, base_revision: str, topk: int = 256,
                       report=report.to_dict())
         write_warmup_plot(report.history, path.with_suffix(".svg"),
                           f"DSA indexer warm-up, k={config.index_topk}")
-    return _stamp(model, path)
+    return stamp_indexers(model, path)
 
 
-def _stamp(model, path: Path):
+def stamp_indexers(model, path: Path):
     """Record which indexer weights the model runs with (provenance for result rows)."""
     model.dsa_revision = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
     model.dsa_indexer_file = str(path)

@@ -12,6 +12,7 @@ import hashlib
 import threading
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from dsparity.errors import DsparityError
@@ -279,12 +280,31 @@ def _with_mode(model, tokenizer, base_revision: str, spec: ModelSpec):
         return apply_mode(model, mode, topk=topk, sink=int(spec.opt("sink", DEFAULT_SINK)),
                           block_size=int(spec.opt("block_size", DEFAULT_BLOCK_SIZE)))
     topk = int(spec.opt("topk", 256))
-    if mode == "dsa":
+    if mode == "dsa" and spec.opt("indexers"):
+        model = _load_trained_indexers(model, str(spec.opt("indexers")), base_revision, spec, topk)
+    elif mode == "dsa":
         model = prepare_dsa(model, tokenizer, base_revision=base_revision, topk=topk)
     else:  # the controls never read the indexer: no warm-up
         convert_to_dsa(model, DSAConfig(index_topk=topk))
     return apply_mode(model, mode, topk=topk, sink=int(spec.opt("sink", DEFAULT_SINK)),
                       block_size=int(spec.opt("block_size", DEFAULT_BLOCK_SIZE)))
+
+
+def _load_trained_indexers(model, path: str, base_revision: str, spec: ModelSpec, topk: int):
+    """`indexers=PATH`: weights from a longer warm-up (`dsparity warmup --out`), checked against
+    this model's revision and indexer shape; recorded in provenance like the cached ones."""
+    from dsparity.model import DSAConfig, convert_to_dsa
+    from dsparity.model.checkpoint import load_indexers
+    from dsparity.model.prepare import stamp_indexers
+
+    convert_to_dsa(model, DSAConfig(index_topk=topk))
+    try:
+        load_indexers(model, path, expect_revision=base_revision)
+    except Exception as exc:  # missing, not safetensors, another model's: one line, named
+        raise DsparityError(f"model spec {spec.text}", "indexers", str(exc).splitlines()[0],
+                            "give the indexers.safetensors that `dsparity warmup --out` wrote for "
+                            "this model") from None
+    return stamp_indexers(model, Path(path))
 
 
 def _pick_device(spec: ModelSpec) -> str:
