@@ -3,8 +3,9 @@
 Trained from random weights on a CPU budget (about 10^4 tokens of captured rows, minutes) an
 indexer learns the sink and local mass of the dense attention but few of the far reads a retrieval
 answer makes: held-out needle recall 0.54 at k = 32 after the whole default warm-up (README,
-"Modes"). DeepSeek warm up from scratch on 2.1B tokens (tech report §2.1); a CPU cannot. But a
-converted dense model already holds scorers that pick what its attention reads: its own heads.
+"Warming the indexers up"). DeepSeek warm up from scratch on 2.1B tokens (tech report §2.1); a
+CPU cannot. But a converted dense model already holds scorers that pick what its attention reads:
+its own heads.
 The indexer's shape admits one KV group of them per layer, since its single key is shared by all
 indexer heads as a group's key is shared by its query heads:
 
@@ -79,7 +80,8 @@ def init_from_attention(model, captures: list[Capture], k: int) -> AttentionInit
     n_kv = config.num_key_value_heads
     groups = []
     for n, (layer, attn) in enumerate(zip(dsa_layers(model), attention_modules(model), strict=True)):
-        x = torch.cat([c.x[n].float() for c in captures])[:LSQ_TOKENS]  # [T, hidden]
+        dev = layer.indexer.wk.weight.device  # captures live on the CPU, the model anywhere
+        x = torch.cat([c.x[n] for c in captures])[:LSQ_TOKENS].to(dev, torch.float32)  # [T, hidden]
         best: tuple[float, int] | None = None
         for g in range(n_kv):
             _copy_group(layer.indexer, attn, g, x, config)
@@ -101,14 +103,19 @@ def _copy_group(indexer, attn, g: int, x: torch.Tensor, config) -> None:
     for j in range(indexer.n_heads):
         h = g * per_group + j % per_group
         indexer.wq.weight[j * d:(j + 1) * d].copy_(attn.q_proj.weight[h * d:(h + 1) * d])
-    ridge = x.T @ x + 1e-2 * torch.eye(x.shape[1])
-    ones = torch.linalg.solve(ridge, x.T @ torch.ones(x.shape[0]))  # w(x) = ones . x ~ 1
+    ridge = x.T @ x + 1e-2 * torch.eye(x.shape[1], device=x.device)
+    ones = torch.linalg.solve(ridge, x.T @ torch.ones(x.shape[0], device=x.device))  # w(x) = ones . x ~ 1
     indexer.weights_proj.weight.copy_(ones.expand(indexer.n_heads, -1))
 
 
 def _start_score(indexer, captures: list[Capture], n: int, k: int) -> float:
+    dev = indexer.wk.weight.device
     scorer = trainable_scorer([indexer])
-    items = [layer_metrics(c.p[n].float(), scorer.scores(c.x[n:n + 1].float(), c.rows)[0], c.rows, k,
-                           evidence=c.evidence) for c in captures]
+    items = []
+    for c in captures:
+        rows = c.rows.to(dev)
+        scores = scorer.scores(c.x[n:n + 1].to(dev, torch.float32), rows)[0]
+        items.append(layer_metrics(c.p[n].to(dev, torch.float32), scores, rows, k,
+                                   evidence=c.evidence.to(dev)))
     m = mean_metrics(items)
     return m.recall + (m.needle or 0.0)
