@@ -230,13 +230,14 @@ def test_sparse_stage_with_lm_loss_routes_gradients_apart():
     assert not torch.equal(model.model.layers[0].self_attn.dsa_indexer.wk.weight, ix_before)
 
 
-def test_stacked_indexers_score_like_each_layers_indexer():
+@pytest.mark.parametrize("width", [16, 32])  # 32: two KV groups' heads, rotated block by block
+def test_stacked_indexers_score_like_each_layers_indexer(width):
     """Training runs every layer at once (StackedIndexers); its scores are each indexer's."""
     from dsparity.model.convert import dsa_layers
     from dsparity.model.stacked import StackedIndexers
     from dsparity.model.warmup import row_scores
 
-    model = convert_to_dsa(tiny_model("llama", 3), TINY_DSA)
+    model = convert_to_dsa(tiny_model("llama", 3), replace(TINY_DSA, index_head_dim=width))
     indexers = [layer.indexer for layer in dsa_layers(model)]
     for ix in indexers:  # non-trivial LayerNorm parameters too
         torch.nn.init.normal_(ix.k_norm.weight)
@@ -259,7 +260,7 @@ def test_a_spec_runs_on_the_indexers_a_warmup_wrote(tmp_path, monkeypatch):
     from dsparity.errors import DsparityError
     from dsparity.evals.backends.local import LocalBackend
     from dsparity.evals.specs import parse_spec
-    from dsparity.model.checkpoint import load_indexers
+    from dsparity.model.checkpoint import load_indexers, read_metadata
     from dsparity.model.cli import warmup
 
     monkeypatch.setenv("DSPARITY_CACHE", str(tmp_path / "cache"))
@@ -270,7 +271,9 @@ def test_a_spec_runs_on_the_indexers_a_warmup_wrote(tmp_path, monkeypatch):
     backend = LocalBackend(parse_spec(f"local:{folder}?attention=dsa&topk=12&indexers={path}"))
     backend.load()
     assert backend.model.dsa_indexer_file == str(path)
-    want = convert_to_dsa(tiny_model("llama", 0), DSAConfig(index_topk=12))
+    saved = DSAConfig.from_dict(read_metadata(path)["dsa_config"])  # the heads' shape: 2 groups wide
+    assert (saved.index_n_heads, saved.index_head_dim) == (4, 32)
+    want = convert_to_dsa(tiny_model("llama", 0), replace(saved, index_topk=12))
     load_indexers(want, path)
     got_ix = backend.model.model.layers[1].self_attn.dsa_indexer
     torch.testing.assert_close(got_ix.wq.weight, want.model.layers[1].self_attn.dsa_indexer.wq.weight)

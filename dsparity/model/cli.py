@@ -52,6 +52,7 @@ def warmup(
 
     from dsparity.errors import DsparityError
     from dsparity.model import DSAConfig, convert_to_dsa, save_indexers, warm_up
+    from dsparity.model.indexer_init import default_dsa_config
     from dsparity.model.loading import cache_root, load_causal_lm
     from dsparity.model.metrics import SelectionMetrics
     from dsparity.model.plot import write_warmup_plot
@@ -67,7 +68,8 @@ def warmup(
         raise DsparityError("--init", repr(init), "not a way to start the indexers",
                             "use --init attention or --init random")
     lm, tokenizer, resolved = load_causal_lm(_model_name(model))
-    config = DSAConfig(index_topk=topk)
+    # The heads' start spans every KV group (default_dsa_config); a random start keeps V3.2's shape.
+    config = default_dsa_config(lm, topk) if init == "attention" else DSAConfig(index_topk=topk)
     recipe = replace(WarmupConfig(), lengths=sizes, steps=steps, sparse_steps=sparse_steps,
                      train_sequences=train_sequences, sparse_sequences=sparse_sequences,
                      heldout_sequences=heldout_sequences, init=init)

@@ -26,6 +26,10 @@ class DSAConfig:
     index_head_dim: int = 64
     # Rotated dims, taken from the *front* of d_I ([rope | nope], dsa.md §3.2). None = d_I / 2.
     rope_dim: int | None = None
+    # Rotate the rotated dims in blocks of this many, each as its own head (None = one block, as
+    # DeepSeek's). A Llama conversion whose indexer spans several KV groups (d_I = m * head_dim,
+    # `indexer_init.py`) rotates each group's block as the model rotates that group's heads.
+    rope_head_dim: int | None = None
     # NeoX half-split pairing (i, i + r/2) is DeepSeek's Nov-2025 fix; "interleaved" is the
     # original buggy demo layout, kept only for ablations (dsa.md §3.2, §8.2.1).
     rope_layout: RopeLayout = "neox"
@@ -52,6 +56,10 @@ class DSAConfig:
         r = self.rotary_dim
         if r % 2 or not 0 <= r <= self.index_head_dim:
             raise ValueError(f"DSAConfig.rope_dim must be even and <= index_head_dim, got {r}")
+        b = self.rope_head_dim
+        if b is not None and (b < 2 or b % 2 or r % b):
+            raise ValueError(f"DSAConfig.rope_head_dim must be even and divide the rotated dims "
+                             f"({r}), got {self.rope_head_dim}")
         if self.rope_layout not in ("neox", "interleaved"):
             raise ValueError(f"DSAConfig.rope_layout must be 'neox' or 'interleaved', "
                              f"got {self.rope_layout!r}")
@@ -65,6 +73,11 @@ class DSAConfig:
     def rotary_dim(self) -> int:
         return self.index_head_dim // 2 if self.rope_dim is None else self.rope_dim
 
+    @property
+    def rope_block(self) -> int:
+        """Dims per independently rotated block (the rotary table's width)."""
+        return self.rope_head_dim or self.rotary_dim
+
     def indexer_fields(self) -> dict:
         """What shapes the indexer weights (topk and runtime switches do not)."""
         fields = {"index_n_heads": self.index_n_heads, "index_head_dim": self.index_head_dim,
@@ -72,6 +85,8 @@ class DSAConfig:
                   "rope_theta": self.rope_theta}
         if self.rope_freqs is not None:  # only when set: existing cache keys stay as they were
             fields["rope_freqs"] = self.rope_freqs
+        if self.rope_head_dim is not None:
+            fields["rope_head_dim"] = self.rope_head_dim
         return fields
 
     def to_dict(self) -> dict:

@@ -51,13 +51,16 @@ def model_rope_theta(config) -> float:
 
 
 def _llama_family_config(config: DSAConfig, model_config) -> DSAConfig:
-    """rope_dim unset = the family's default: an indexer head shaped like the model's rotates every
-    dim, as the model's heads do, so it can start as one of them (`indexer_init.py`); V3.2's half
-    otherwise."""
+    """rope_dim unset = the family's default: an indexer head as wide as m of the model's heads
+    (m = 1 .. KV groups) rotates every dim, each head-sized block as the model rotates a head, so
+    it can start as m KV groups of them (`indexer_init.py`); V3.2's half otherwise."""
     head_dim = getattr(model_config, "head_dim", None) or (
         model_config.hidden_size // model_config.num_attention_heads)
-    if config.rope_dim is None and config.index_head_dim == head_dim:
-        return replace(config, rope_dim=head_dim)
+    m, rest = divmod(config.index_head_dim, head_dim)
+    groups = getattr(model_config, "num_key_value_heads", None) or model_config.num_attention_heads
+    if config.rope_dim is None and config.rope_head_dim is None and not rest and 1 <= m <= groups:
+        return replace(config, rope_dim=config.index_head_dim,
+                       rope_head_dim=head_dim if m > 1 else None)
     return config
 
 

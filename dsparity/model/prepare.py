@@ -15,6 +15,7 @@ from pathlib import Path
 from dsparity.model.checkpoint import load_indexers, save_indexers
 from dsparity.model.config import DSAConfig
 from dsparity.model.convert import convert_to_dsa, set_dsa
+from dsparity.model.indexer_init import default_dsa_config
 from dsparity.model.loading import cache_root
 from dsparity.model.plot import write_warmup_plot
 from dsparity.model.warmup import WarmupConfig, warm_up
@@ -48,8 +49,9 @@ def prepare_dsa(model, tokenizer, *, base_revision: str, topk: int = 256,
     The result works with ``generate()`` and the KV cache (the indexer key cache rides along).
     ``model.dsa_revision`` is set to a short hash of the indexer weights file.
     """
-    config = config or DSAConfig(index_topk=topk)
     warmup = warmup or WarmupConfig()
+    if config is None:  # the heads' shape where they can seed the indexers (indexer_init.py)
+        config = default_dsa_config(model, topk) if warmup.init == "attention" else DSAConfig(index_topk=topk)
     if getattr(model, "dsa_runtime", None) is None:
         convert_to_dsa(model, config)
     else:

@@ -22,7 +22,7 @@ class StackedIndexers(nn.Module):
         super().__init__()
         first = indexers[0]
         self.n_heads, self.head_dim, self.layout = first.n_heads, first.head_dim, first.rope_layout
-        self.eps = first.k_norm.eps
+        self.eps, self.rotary_dim = first.k_norm.eps, first.rotary_dim
         stack = lambda get: nn.Parameter(torch.stack([get(ix).detach().float() for ix in indexers]))  # noqa: E731
         self.wq = stack(lambda ix: ix.wq.weight)  # [N, H*d, hidden]
         self.wk = stack(lambda ix: ix.wk.weight)  # [N, d, hidden]
@@ -38,10 +38,10 @@ class StackedIndexers(nn.Module):
         k = torch.bmm(x, self.wk.transpose(1, 2))  # [N, L, d]
         k = torch.nn.functional.layer_norm(k, (self.head_dim,), eps=self.eps)
         k = k * self.ln_w[:, None] + self.ln_b[:, None]
-        k = apply_rope(k, pos[None], self.inv_freq, self.layout)
+        k = apply_rope(k, pos[None], self.inv_freq, self.layout, self.rotary_dim)
         xr = x[:, rows]  # [N, R, hidden]
         q = torch.bmm(xr, self.wq.transpose(1, 2)).view(n, len(rows), self.n_heads, self.head_dim)
-        q = apply_rope(q, rows[None], self.inv_freq, self.layout)
+        q = apply_rope(q, rows[None], self.inv_freq, self.layout, self.rotary_dim)
         w = torch.bmm(xr, self.wp.transpose(1, 2))  # [N, R, H]
         logits = torch.einsum("nrhd,nld->nrhl", q, k).relu()
         scores = torch.einsum("nrh,nrhl->nrl", w, logits) * (self.n_heads * self.head_dim) ** -0.5

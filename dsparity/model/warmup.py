@@ -63,7 +63,7 @@ class WarmupConfig:
     answer_share: float = 0.5  # of each step's rows, drawn from answer rows where a sequence has them
     lr: float = 1e-3  # TR §2.1 warm-up LR
     sparse_sequences: int = 6  # stage 2: sequences captured while the model runs sparse
-    sparse_steps: int = 120
+    sparse_steps: int = 40  # measured: 120 steps added 0.003 mass recall and no needle recall (README)
     sparse_lr: float = 5e-4
     eval_every: int = 80
     # Torch threads for training/evaluation (small ops): 1 thread runs them as fast as 2 on an idle

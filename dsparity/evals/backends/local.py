@@ -12,6 +12,7 @@ import hashlib
 import threading
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -294,11 +295,12 @@ def _load_trained_indexers(model, path: str, base_revision: str, spec: ModelSpec
     """`indexers=PATH`: weights from a longer warm-up (`dsparity warmup --out`), checked against
     this model's revision and indexer shape; recorded in provenance like the cached ones."""
     from dsparity.model import DSAConfig, convert_to_dsa
-    from dsparity.model.checkpoint import load_indexers
+    from dsparity.model.checkpoint import load_indexers, read_metadata
     from dsparity.model.prepare import stamp_indexers
 
-    convert_to_dsa(model, DSAConfig(index_topk=topk))
-    try:
+    try:  # the file's own indexer shape (a warm-up may have chosen it), at this spec's top-k
+        saved = DSAConfig.from_dict(read_metadata(path)["dsa_config"])
+        convert_to_dsa(model, replace(saved, index_topk=topk))
         load_indexers(model, path, expect_revision=base_revision)
     except Exception as exc:  # missing, not safetensors, another model's: one line, named
         raise DsparityError(f"model spec {spec.text}", "indexers", str(exc).splitlines()[0],
