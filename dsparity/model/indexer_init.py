@@ -54,8 +54,9 @@ def default_dsa_config(model, topk: int) -> DSAConfig:
     best single group per layer, warmed up, kept 30 of the 45 needles dense attention finds; the
     sum over all nine heads, untrained, 42; this start warmed up, all 45 (62 of 64 in all; the
     oracle top-k 57; README, "Retrieval at V3.2-Exp's proportions"). The price is the indexer's
-    width: 9 heads x 192 dims per (query, key) against 4 x 64, more than the model's own q.k on
-    a model this small (the zero blocks are computed too)."""
+    width: heads x groups x head_dim per (query, key), the zero blocks computed too, i.e. as many
+    times the model's own q.k as it has KV groups (9 x 192 = 3 x 9 x 64 here, against 4 x 64);
+    pass a DSAConfig of one group's width (d_I = head_dim) where that cost matters more."""
     config = model.config
     if _model_blocker(model) is not None:
         return DSAConfig(index_topk=topk)
