@@ -112,14 +112,13 @@ def init_from_attention(model, captures: list[Capture], k: int) -> AttentionInit
     for n, (layer, attn) in enumerate(zip(dsa_layers(model), attention_modules(model), strict=True)):
         dev = layer.indexer.wk.weight.device  # captures live on the CPU, the model anywhere
         x = torch.cat([c.x[n] for c in captures])[:LSQ_TOKENS].to(dev, torch.float32)  # [T, hidden]
-        best: tuple[float, list[int]] | None = None
-        for choice in choices:
+        def score(choice: list[int], layer=layer, attn=attn, x=x, n=n) -> float:
             _copy_groups(layer.indexer, attn, choice, x, config)
-            score = _start_score(layer.indexer, captures, n, k) if len(choices) > 1 else 0.0
-            if best is None or score > best[0]:
-                best = (score, choice)
-        _copy_groups(layer.indexer, attn, best[1], x, config)
-        groups.append(best[1])
+            return _start_score(layer.indexer, captures, n, k)
+
+        best = choices[0] if len(choices) == 1 else max(choices, key=score)
+        _copy_groups(layer.indexer, attn, best, x, config)
+        groups.append(best)
     return AttentionInit(groups)
 
 
