@@ -102,3 +102,14 @@ def test_validate_command_lists_every_problem_and_exits_nonzero(tmp_path, monkey
     code, out, err = cli("tasks", "list", "--include", str(folder))
     assert code == 0 and "good_task" in out
     assert "broken:" in err and "bad_grader.yaml" in err
+
+
+def test_a_task_asked_for_by_name_reports_its_broken_file_not_no_such_task(tmp_path):
+    """The file's stem need not be the task's name: `--tasks NAME` still finds the broken file."""
+    folder = make_folder(tmp_path)
+    text = TEMPLATE.format(name="renamed_task", data="good.jsonl", grader="exact")
+    (folder / "other_stem.yaml").write_text(text.replace('doc_to_target: "{{answer}}"\n', ""))
+    with pytest.raises(DsparityError) as caught:
+        load_tasks(names=["renamed_task"], include=[folder])
+    line = caught.value.line()
+    assert "other_stem.yaml: doc_to_target: missing required field" in line, line

@@ -136,11 +136,22 @@ def scan(task_dirs: list[Path]) -> tuple[dict[str, TaskSpec], list[DsparityError
                 spec = read_spec(path, templates=templates)
             except DsparityError as exc:
                 exc.task_file = str(path)  # which task a problem in a data file belongs to
+                if getattr(exc, "task_name", None) is None:  # so `--tasks NAME` reports the file
+                    exc.task_name = _declared_task_name(path)
                 problems.append(exc)
                 continue
             if spec is not None:
                 specs[spec.name] = spec
     return specs, problems
+
+
+def _declared_task_name(path: Path) -> str | None:
+    """The `task:` a broken file declares, if it can be read at all."""
+    try:
+        name = read_config(path).get("task")
+    except Exception:  # unreadable YAML: the problem itself says so
+        return None
+    return name if isinstance(name, str) else None
 
 
 def read_spec(path: Path, *, templates: set[Path] | frozenset = frozenset(),
